@@ -1,0 +1,5 @@
+import sys
+
+from aumsim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""`python -m aumsim`: an AUM server that PUSHes the account split to the controller."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import zmq
+
+from aumsim.service import AumSimulator
+from aumsim.splits import BASIS_POINTS, account_names
+from common import config, logs
+from common.lifecycle import StopFlag
+from common.sender import ReliableSender, session_source
+
+log = logging.getLogger("aumsim")
+
+DEFAULTS = {
+    "controller": "tcp://127.0.0.1:5555",
+    "acks": "tcp://127.0.0.1:5556",
+    "source": None,
+    "interval": 30.0,
+    "accounts": 5,
+    "count": None,
+    "seed": None,
+    "log_level": "INFO",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aumsim", description="Send simulated AUM splits.")
+    config.add_common_flags(p)
+    p.add_argument("--controller", metavar="ENDPOINT", help="controller inputs to connect to")
+    p.add_argument("--acks", metavar="ENDPOINT", help="controller PUB endpoint (for acks)")
+    p.add_argument("--source", metavar="NAME", help="this AUM server's name")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between splits")
+    p.add_argument("--accounts", type=int, metavar="N", help="number of accounts (default 5)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N acknowledged splits")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible splits")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config.resolve(args, DEFAULTS, "aumsim")
+    except config.ConfigError as exc:
+        print(f"aumsim: {exc}", file=sys.stderr)
+        return 2
+    logs.setup("aumsim", args.log_level)
+    if args.interval <= 0 or not 1 <= args.accounts <= BASIS_POINTS:
+        log.error("--interval must be > 0 and --accounts from 1 to %d", BASIS_POINTS)
+        return 2
+    stop = StopFlag().install()
+    source = session_source(args.source, "aumsim")
+    ctx = zmq.Context()
+    sender = ReliableSender(ctx, source, args.controller, args.acks)
+    simulator = AumSimulator(
+        sender, account_names(args.accounts), args.interval, args.count, args.seed
+    )
+    log.info(
+        "AUM server %s started: %d accounts every %.1f s", source, args.accounts, args.interval
+    )
+    try:
+        simulator.run(stop)
+    finally:
+        sender.close()
+        ctx.term()
+    return 0

@@ -1,0 +1,58 @@
+"""The AUM simulator's loop: a fresh account split every interval, delivered reliably."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from aumsim.splits import random_split
+from common.lifecycle import POLL_SLICE_MS, StopFlag
+from common.protocol import split_message
+from common.sender import ReliableSender
+
+log = logging.getLogger(__name__)
+
+
+class AumSimulator:
+    """Sends a split at start and then every `interval` seconds (at most `count` of them)."""
+
+    def __init__(
+        self,
+        sender: ReliableSender,
+        accounts: list[str],
+        interval: float = 30.0,
+        count: int | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sender = sender
+        self.accounts = accounts
+        self.interval = interval
+        self.count = count
+        self.clock = clock
+        self.sent = 0
+        self.rng = random.Random(seed)
+
+    def done(self) -> bool:
+        return self.count is not None and self.sent >= self.count
+
+    def run(self, stop: StopFlag) -> None:
+        due = self.clock()
+        while not stop:
+            if not self.done() and self.clock() >= due:
+                self.send_one()
+                due += self.interval
+            if self.done() and not self.sender.pending:
+                log.info("%s: all %d splits acknowledged", self.sender.source, self.sent)
+                return
+            wait = (due - self.clock()) * 1000
+            self.sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
+        log.info("%s: stopping after %d splits", self.sender.source, self.sent)
+
+    def send_one(self) -> None:
+        split = random_split(self.rng, self.accounts)
+        seq = self.sender.send(split_message(self.sender.source, 0, split))
+        self.sent += 1
+        log.info("%s: sent split #%d over %d accounts", self.sender.source, seq, len(split))

@@ -1,0 +1,171 @@
+"""The allocation maths: split one fill into whole shares across accounts, exactly.
+
+For a fill of q shares at price p, with book values V_i, total V and target fractions w_i,
+choose whole x_i >= 0 summing to q that minimise
+
+    sum_i (V_i + p*x_i - w_i*(V + p*q))^2
+
+The objective is separable and convex, so the optimum is the q cheapest marginal steps:
+the k-th share given to account i costs a positive multiple of
+
+    E_i(k) = V_i + p*(k - 1/2) - w_i*T,     T = V + p*q,
+
+and every share goes to the account with the smallest E (the one furthest below target).
+Instead of handing out q shares one by one, we solve the continuous relaxation exactly
+(water-filling over the accounts sorted by E_i(1)), take the floor, and give the fewer than
+n shares left over to the accounts with the smallest next E. All arithmetic is on integers
+(inputs are brought to a common denominator first), so there is no rounding anywhere:
+shares are never created or lost and the result is the exact optimum. Ties go to the
+account whose name sorts first, so the same inputs give the same allocation everywhere.
+
+Accounts with w_i = 0 never receive shares: their first marginal step costs at least as
+much as a whole share above target, while some positive-weight account is always below
+its target until all q shares are placed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from fractions import Fraction
+from numbers import Rational
+
+__all__ = ["allocate", "allocate_integral", "WEIGHT_SUM_TOLERANCE"]
+
+#: Weights must sum to 1 within this; they are then normalised exactly.
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def allocate(
+    values: Mapping[str, float],
+    weights: Mapping[str, float],
+    price: float,
+    quantity: int,
+) -> dict[str, int]:
+    """Return the optimal whole-share split of `quantity` shares at `price`.
+
+    `values` maps account -> current book value (>= 0), `weights` maps account -> target
+    fraction (summing to 1 within WEIGHT_SUM_TOLERANCE; normalised exactly). Numbers may be
+    int, float, Fraction or Decimal and are used at their exact value. The result has every
+    account of `values` or `weights`, zeros included. Raises ValueError on bad arguments.
+    """
+    _check_quantity(quantity)
+    price_ratio = _exact_ratio("price", price)
+    if price_ratio[0] <= 0:
+        raise ValueError(f"price must be > 0, got {price!r}")
+    value_ratios = {a: _exact_ratio(f"value of account {a!r}", v) for a, v in values.items()}
+    weight_ratios = {a: _exact_ratio(f"weight of account {a!r}", w) for a, w in weights.items()}
+    for account, (num, _) in value_ratios.items():
+        _check_account(account)
+        if num < 0:
+            raise ValueError(f"value of account {account!r} must be >= 0, got {values[account]!r}")
+    for account, (num, _) in weight_ratios.items():
+        _check_account(account)
+        if num < 0:
+            raise ValueError(
+                f"weight of account {account!r} must be >= 0, got {weights[account]!r}"
+            )
+
+    accounts = sorted(set(values) | set(weights))
+    money, _ = _over_common_denominator(
+        [value_ratios.get(a, (0, 1)) for a in accounts] + [price_ratio]
+    )
+    weight_nums, weight_den = _over_common_denominator(
+        [weight_ratios.get(a, (0, 1)) for a in accounts]
+    )
+    weight_sum = sum(weight_nums)
+    if weight_sum == 0:
+        raise ValueError("weights must have at least one account with a positive weight")
+    if abs(Fraction(weight_sum, weight_den) - 1) > Fraction(WEIGHT_SUM_TOLERANCE):
+        total = float(Fraction(weight_sum, weight_den))
+        raise ValueError(f"weights must sum to 1 (within {WEIGHT_SUM_TOLERANCE}), got {total!r}")
+
+    shares = allocate_integral(accounts, money[:-1], weight_nums, money[-1], quantity)
+    return dict(zip(accounts, shares, strict=True))
+
+
+def allocate_integral(
+    accounts: Sequence[str],
+    values: Sequence[int],
+    weights: Sequence[int],
+    price: int,
+    quantity: int,
+) -> list[int]:
+    """The exact core on integers, for callers that already keep integer state.
+
+    `values` and `price` are integers in one common unit (e.g. micro-dollars); `weights` are
+    non-negative integers in any common unit (the target fraction of account i is
+    weights[i] / sum(weights)). `accounts` must be distinct; they break ties (smallest name
+    first). Returns shares per account, in the order given. Arguments are trusted.
+    """
+    weight_total = sum(weights)
+    # E_i(k) scaled by 2 * weight_total (and by the common value unit) is
+    #   alpha_i - h + 2*h*k,  alpha_i = 2*W*a_i - 2*c_i*(A + b*q),  h = W*b.
+    grand = 2 * (sum(values) + price * quantity)
+    two_w = 2 * weight_total
+    candidates = sorted(
+        (two_w * value - weight * grand, account, index)
+        for index, (account, value, weight) in enumerate(
+            zip(accounts, values, weights, strict=True)
+        )
+        if weight > 0
+    )
+    two_h = 2 * weight_total * price
+    h2q = two_h * quantity
+
+    # Water level: the largest m such that the m-th cheapest account still gets a
+    # non-negative continuous share, g(m) = 2hq + S_m - m*alpha_m >= 0 (g is non-increasing).
+    active = 0
+    prefix = 0
+    for alpha, _, _ in candidates:
+        if h2q + prefix + alpha - (active + 1) * alpha < 0:
+            break
+        prefix += alpha
+        active += 1
+
+    shares = [0] * len(accounts)
+    denominator = two_h * active
+    base = h2q + prefix
+    leftovers = []
+    placed = 0
+    for alpha, account, index in candidates[:active]:
+        whole, remainder = divmod(base - active * alpha, denominator)
+        shares[index] = whole
+        placed += whole
+        leftovers.append((-remainder, account, index))
+    # Fewer than `active` shares remain; each goes to a different account, largest
+    # fractional part first (that is the smallest next marginal cost), ties by name.
+    for _, _, index in heapq.nsmallest(quantity - placed, leftovers):
+        shares[index] += 1
+    return shares
+
+
+def _check_quantity(quantity: object) -> None:
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise ValueError(f"quantity must be a whole number of shares (int), got {quantity!r}")
+    if quantity <= 0:
+        raise ValueError(f"quantity must be > 0, got {quantity!r}")
+
+
+def _check_account(account: object) -> None:
+    if not isinstance(account, str) or not account:
+        raise ValueError(f"account names must be non-empty strings, got {account!r}")
+
+
+def _exact_ratio(what: str, number: object) -> tuple[int, int]:
+    """The exact (numerator, denominator) of a real number; ValueError if it is not one."""
+    if isinstance(number, bool) or not isinstance(number, int | float | Rational | Decimal):
+        raise ValueError(f"{what} must be a number, got {number!r}")
+    if isinstance(number, float | Decimal) and not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {number!r}")
+    if isinstance(number, Rational):
+        return number.numerator, number.denominator
+    return number.as_integer_ratio()
+
+
+def _over_common_denominator(ratios: list[tuple[int, int]]) -> tuple[list[int], int]:
+    """Numerators of `ratios` rewritten over their least common denominator, and it."""
+    den = math.lcm(*(d for _, d in ratios))
+    return [num * (den // d) for num, d in ratios], den

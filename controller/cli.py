@@ -1,0 +1,113 @@
+"""`python -m controller`: recover from the journal, then serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from common import config, logs
+from common.lifecycle import StopFlag
+from common.protocol import DEFAULT_TICKERS
+from controller.deadletter import DeadLetters
+from controller.engine import recover
+from controller.journal import FSYNC_POLICIES, JournalCorrupt, JournalWriter
+from controller.service import ControllerService
+
+log = logging.getLogger("controller")
+
+DEFAULTS = {
+    "inputs": "tcp://127.0.0.1:5555",
+    "publish": "tcp://127.0.0.1:5556",
+    "snapshot_interval": 10.0,
+    "journal": "data/controller.journal",
+    "tickers": list(DEFAULT_TICKERS),
+    "fsync": "always",
+    "fsync_interval": 1.0,
+    "checkpoint_interval": 60.0,
+    "log_level": "INFO",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="controller", description="Allocate fills across accounts by AUM split."
+    )
+    config.add_common_flags(p)
+    p.add_argument(
+        "--inputs", metavar="ENDPOINT", help="PULL endpoint to bind for fills and splits"
+    )
+    p.add_argument("--publish", metavar="ENDPOINT", help="PUB endpoint to bind for events")
+    p.add_argument("--snapshot-interval", type=float, metavar="SECONDS")
+    p.add_argument(
+        "--journal", metavar="PATH", help="journal file (checkpoint and dead letters beside it)"
+    )
+    p.add_argument("--tickers", type=_ticker_list, metavar="T1,T2,...")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, help="journal sync policy (default always)")
+    p.add_argument("--fsync-interval", type=float, metavar="SECONDS")
+    p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
+    return p
+
+
+def _ticker_list(text: str) -> list[str]:
+    tickers = [t.strip() for t in text.split(",") if t.strip()]
+    if not tickers:
+        raise argparse.ArgumentTypeError("at least one ticker is needed")
+    return tickers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config.resolve(args, DEFAULTS, "controller")
+    except config.ConfigError as exc:
+        print(f"controller: {exc}", file=sys.stderr)
+        return 2
+    logs.setup("controller", args.log_level)
+    if args.snapshot_interval <= 0:
+        log.error("--snapshot-interval must be > 0, got %s", args.snapshot_interval)
+        return 2
+    journal_path = Path(args.journal)
+    checkpoint_path = journal_path.with_name(journal_path.name + ".checkpoint")
+    stop = StopFlag().install()
+    started = time.monotonic()
+    try:
+        engine, replayed = recover(journal_path, checkpoint_path, args.tickers)
+    except JournalCorrupt as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info(
+        "recovered %d journal records in %.3f s: %d fills allocated, %d pending, %d sources",
+        replayed,
+        time.monotonic() - started,
+        engine.book.fills_allocated,
+        len(engine.book.pending),
+        len(engine.sequencer.last_seq),
+    )
+    engine.journal = JournalWriter(journal_path, args.fsync, args.fsync_interval)
+    engine.deadletters = DeadLetters(journal_path.with_name(journal_path.name + ".rejected.jsonl"))
+    ctx = zmq.Context()
+    try:
+        service = ControllerService(
+            ctx,
+            engine,
+            args.inputs,
+            args.publish,
+            snapshot_interval=args.snapshot_interval,
+            checkpoint_path=checkpoint_path,
+            checkpoint_interval=args.checkpoint_interval,
+        )
+    except zmq.ZMQError as exc:
+        log.error("cannot bind: %s", exc)
+        engine.journal.close()
+        return 1
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+        ctx.term()
+    return 0

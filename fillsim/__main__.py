@@ -1,0 +1,5 @@
+import sys
+
+from fillsim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The fill simulator's loop: fills at random (or steady) intervals, delivered reliably."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from common.lifecycle import POLL_SLICE_MS, StopFlag
+from common.protocol import fill_message
+from common.sender import ReliableSender
+from fillsim.market import Market
+
+log = logging.getLogger(__name__)
+
+
+class FillSimulator:
+    """Sends `count` fills (or forever) with exponential gaps of mean `interval`, or at a
+    steady `rate` per second; finishes once every fill sent is acknowledged."""
+
+    def __init__(
+        self,
+        sender: ReliableSender,
+        market: Market,
+        interval: float = 1.0,
+        rate: float | None = None,
+        count: int | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sender = sender
+        self.market = market
+        self.interval = interval
+        self.rate = rate
+        self.count = count
+        self.clock = clock
+        self.sent = 0
+        self.shares_sent: dict[str, int] = {}
+        self._timing = random.Random(None if seed is None else seed + 1)
+
+    def gap(self) -> float:
+        if self.rate:
+            return 1.0 / self.rate
+        return self._timing.expovariate(1.0 / self.interval)
+
+    def done(self) -> bool:
+        return self.count is not None and self.sent >= self.count
+
+    def run(self, stop: StopFlag) -> None:
+        sender = self.sender
+        due = self.clock()
+        while not stop:
+            now = self.clock()
+            while due <= now and sender.room and not self.done():
+                self.send_one()
+                due += self.gap()
+            if self.done() and not sender.pending:
+                log.info("%s: all %d fills sent and acknowledged", sender.source, self.sent)
+                return
+            wait = POLL_SLICE_MS if self.done() else (due - self.clock()) * 1000
+            sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
+        log.info(
+            "%s: stopping after %d fills (%d unacknowledged)",
+            sender.source,
+            self.sent,
+            sender.pending,
+        )
+
+    def send_one(self) -> None:
+        ticker, price, quantity = self.market.next_fill()
+        self.sender.send(fill_message(self.sender.source, 0, ticker, price, quantity))
+        self.sent += 1
+        self.shares_sent[ticker] = self.shares_sent.get(ticker, 0) + quantity
