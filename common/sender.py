@@ -169,8 +169,9 @@ class ReliableSender:
         message = recv_monitor_message(self._monitor)
         if message["event"] == zmq.EVENT_CONNECTED:
             log.info("%s: connected to controller", self.source)
-            if self.outbox:
+            if self.outbox and self.sent_upto > self.acked:
                 self._resend_all("reconnected")
+            self.sent_upto = min(self.sent_upto, self.acked)
         elif message["event"] == zmq.EVENT_DISCONNECTED:
             log.warning(
                 "%s: controller went away; keeping %d unacknowledged", self.source, len(self.outbox)
