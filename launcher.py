@@ -10,6 +10,7 @@ SIGTERM to the group, a grace period, then SIGKILL. Signal handlers only set a f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import selectors
@@ -197,10 +198,8 @@ class Supervisor:
 
     @staticmethod
     def _signal(child: Child, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.process.pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def build_children(args: argparse.Namespace) -> list[Child]:

@@ -108,7 +108,7 @@ class ReliableSender:
             else:
                 self._read_monitor()
         if self.outbox and self.clock() - self._last_progress >= self.resend_after:
-            self._resend_all("no acknowledgement for %.1f s" % self.resend_after)
+            self._resend_all(f"no acknowledgement for {self.resend_after:.1f} s")
         self._send_waiting()
 
     def flush(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
