@@ -1,0 +1,120 @@
+"""Shared test helpers: a fake clock, deadline polling, subscriber sync, process control."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from common.protocol import read_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll `condition` until it is truthy or `timeout` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+def collect(sub: zmq.Socket, timeout_ms: int = 0) -> list[tuple[bytes, dict]]:
+    """Every event waiting on `sub` (waiting up to `timeout_ms` for the first)."""
+    events = []
+    if sub.poll(timeout_ms):
+        try:
+            while True:
+                events.append(read_event(sub.recv_multipart(zmq.NOBLOCK)))
+        except zmq.Again:
+            pass
+    return events
+
+
+def python_module(module: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start `python -m module args` from the project root, output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=kwargs.pop("cwd", ROOT),
+        stdout=kwargs.pop("stdout", subprocess.PIPE),
+        stderr=kwargs.pop("stderr", subprocess.PIPE),
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+        **kwargs,
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); look at its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+class Running:
+    """A child process whose stdout and stderr are collected by reader threads."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        import threading
+
+        self.process = process
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read, args=(process.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(process.stderr, self.err), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _read(stream, sink: list[str]) -> None:
+        for line in iter(stream.readline, b""):
+            sink.append(line.decode(errors="replace"))
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.process.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def stop(self) -> None:
+        """Make sure the process is gone (test clean-up)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
