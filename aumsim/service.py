@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aumsim.splits import random_split
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import split_message
-from common.sender import ReliableSender
+from common.sender import STOP_FLUSH, ReliableSender
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,11 @@ class AumSimulator:
                 return
             wait = (due - self.clock()) * 1000
             self.sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
-        log.info("%s: stopping after %d splits", self.sender.source, self.sent)
+        self.sender.flush(STOP_FLUSH)
+        log.info(
+            "%s: stopping after %d splits (%d unacknowledged)",
+            self.sender.source, self.sent, self.sender.pending,
+        )
 
     def send_one(self) -> None:
         split = random_split(self.rng, self.accounts)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 OUTBOX_MAX = 100_000  # unacknowledged messages kept before the sender pauses
 RESEND_AFTER = 2.0  # seconds without ack progress before resending
 SEND_HWM = 10_000
+STOP_FLUSH = 3.0  # seconds a stopping sender waits for its last acknowledgements
 
 
 def session_source(name: str | None, role: str) -> str:

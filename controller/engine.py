@@ -178,7 +178,7 @@ def recover(
             engine = Engine(tickers, book=book, sequencer=Sequencer(state["last_seq"]))
             start = offset
     replayed = 0
-    for _, record in read_records(journal_path, start):
+    for _, record in read_records(journal_path, start, repair=True):
         engine.replay(record)
         replayed += 1
     return engine, replayed

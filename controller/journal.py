@@ -102,8 +102,11 @@ class JournalWriter:
             self._fd = -1
 
 
-def read_records(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, list[Any]]]:
-    """Yield (end offset, record) from `start`, cutting off a torn tail in place.
+def read_records(
+    path: str | os.PathLike, start: int = 0, repair: bool = False
+) -> Iterator[tuple[int, list[Any]]]:
+    """Yield (end offset, record) from `start`; a torn tail ends the records and, with
+    `repair` (start-up only: never on a journal another process is writing), is cut off.
 
     Raises JournalCorrupt (naming the offset) for damage that is not at the very end.
     """
@@ -114,7 +117,8 @@ def read_records(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int,
         data = handle.read()
     if len(data) < len(HEADER):
         if HEADER.startswith(data):  # died while writing the header
-            _truncate(path, 0, "an incomplete header")
+            if repair:
+                _truncate(path, 0, "an incomplete header")
             return
         raise JournalCorrupt(f"{path}: not a journal (bad header)")
     if data[: len(MAGIC)] != MAGIC:
@@ -134,7 +138,8 @@ def read_records(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int,
             continue
         torn, why = problem
         if torn:
-            _truncate(path, offset, why)
+            if repair:
+                _truncate(path, offset, why)
             return
         raise JournalCorrupt(f"{path}: corrupt record at offset {offset}: {why}")
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import fill_message
-from common.sender import ReliableSender
+from common.sender import STOP_FLUSH, ReliableSender
 from fillsim.market import Market
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class FillSimulator:
                 return
             wait = POLL_SLICE_MS if self.done() else (due - self.clock()) * 1000
             sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
+        sender.flush(STOP_FLUSH)
         log.info(
             "%s: stopping after %d fills (%d unacknowledged)",
             sender.source,
