@@ -34,8 +34,11 @@ from numbers import Rational
 
 __all__ = ["allocate", "allocate_integral", "WEIGHT_SUM_TOLERANCE"]
 
+_INFINITY = float("inf")
+
 #: Weights must sum to 1 within this; they are then normalised exactly.
 WEIGHT_SUM_TOLERANCE = 1e-6
+_TOLERANCE_DENOMINATOR = 10**6  # 1 / WEIGHT_SUM_TOLERANCE, for an exact integer test
 
 
 def allocate(
@@ -55,30 +58,21 @@ def allocate(
     price_ratio = _exact_ratio("price", price)
     if price_ratio[0] <= 0:
         raise ValueError(f"price must be > 0, got {price!r}")
-    value_ratios = {a: _exact_ratio(f"value of account {a!r}", v) for a, v in values.items()}
-    weight_ratios = {a: _exact_ratio(f"weight of account {a!r}", w) for a, w in weights.items()}
-    for account, (num, _) in value_ratios.items():
-        _check_account(account)
-        if num < 0:
-            raise ValueError(f"value of account {account!r} must be >= 0, got {values[account]!r}")
-    for account, (num, _) in weight_ratios.items():
-        _check_account(account)
-        if num < 0:
-            raise ValueError(
-                f"weight of account {account!r} must be >= 0, got {weights[account]!r}"
-            )
+    value_ratios = _ratios("value", values)
+    weight_ratios = _ratios("weight", weights)
 
-    accounts = sorted(set(values) | set(weights))
+    accounts = sorted(values.keys() | weights.keys())
+    zero = (0, 1)
     money, _ = _over_common_denominator(
-        [value_ratios.get(a, (0, 1)) for a in accounts] + [price_ratio]
+        [value_ratios.get(a, zero) for a in accounts] + [price_ratio]
     )
     weight_nums, weight_den = _over_common_denominator(
-        [weight_ratios.get(a, (0, 1)) for a in accounts]
+        [weight_ratios.get(a, zero) for a in accounts]
     )
     weight_sum = sum(weight_nums)
     if weight_sum == 0:
         raise ValueError("weights must have at least one account with a positive weight")
-    if abs(Fraction(weight_sum, weight_den) - 1) > Fraction(WEIGHT_SUM_TOLERANCE):
+    if abs(weight_sum - weight_den) * _TOLERANCE_DENOMINATOR > weight_den:
         total = float(Fraction(weight_sum, weight_den))
         raise ValueError(f"weights must sum to 1 (within {WEIGHT_SUM_TOLERANCE}), got {total!r}")
 
@@ -154,8 +148,27 @@ def _check_account(account: object) -> None:
         raise ValueError(f"account names must be non-empty strings, got {account!r}")
 
 
+def _ratios(what: str, numbers: Mapping[str, object]) -> dict[str, tuple[int, int]]:
+    """Exact ratios of a map of account -> non-negative number; ValueError naming the culprit."""
+    ratios = {}
+    for account, number in numbers.items():
+        kind = type(number)
+        if kind is float and number >= 0 and number != _INFINITY:  # the common case, fast
+            ratios[account] = number.as_integer_ratio()
+        else:
+            ratio = _exact_ratio(f"{what} of account {account!r}", number)
+            if ratio[0] < 0:
+                raise ValueError(f"{what} of account {account!r} must be >= 0, got {number!r}")
+            ratios[account] = ratio
+        if type(account) is not str or not account:
+            _check_account(account)
+    return ratios
+
+
 def _exact_ratio(what: str, number: object) -> tuple[int, int]:
     """The exact (numerator, denominator) of a real number; ValueError if it is not one."""
+    if type(number) is int:
+        return number, 1
     if isinstance(number, bool) or not isinstance(number, int | float | Rational | Decimal):
         raise ValueError(f"{what} must be a number, got {number!r}")
     if isinstance(number, float | Decimal) and not math.isfinite(number):

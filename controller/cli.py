@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -35,7 +36,9 @@ DEFAULTS = {
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="controller", description="Allocate fills across accounts by AUM split."
+        prog="controller",
+        description="Allocate fills across accounts by AUM split.",
+        epilog="Tools: python -m controller {audit,replay,keys} --help",
     )
     config.add_common_flags(p)
     p.add_argument(
@@ -60,7 +63,23 @@ def _ticker_list(text: str) -> list[str]:
     return tickers
 
 
+#: `python -m controller NAME ...` runs a tool instead of the controller; each module has main().
+TOOLS = {
+    "audit": "controller.audit",
+    "replay": "controller.replay",
+    "keys": "controller.keys",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+    return serve(argv)
+
+
+def serve(argv: list[str]) -> int:
+    """Run the controller until SIGINT/SIGTERM."""
     args = parser().parse_args(argv)
     try:
         config.resolve(args, DEFAULTS, "controller")
