@@ -103,8 +103,9 @@ def test_allocations_acks_and_snapshot_match(ctx, endpoints):
     for account in ("A", "B"):
         held = snapshot["accounts"][account]["positions"]
         for ticker in ("AAPL", "MSFT"):
-            expected = sum(a["allocations"].get(account, 0) for a in allocations
-                           if a["ticker"] == ticker)
+            expected = sum(
+                a["allocations"].get(account, 0) for a in allocations if a["ticker"] == ticker
+            )
             assert held[ticker] == expected
     assert snapshot["counts"]["fills"] == 2
     assert snapshot["instance"] == service.instance
