@@ -144,14 +144,6 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
         raise
 
 
-def readable_identity(body: Any) -> tuple[str | None, int | None]:
-    """The (source, seq) of a body if both are valid, else (None, None)."""
-    try:
-        return _read_identity(body)
-    except Rejection:
-        return None, None
-
-
 def _read_identity(body: dict) -> tuple[str, int]:
     source = body.get("source")
     seq = body.get("seq")
@@ -183,7 +175,7 @@ def _fill(body: dict, source: str, seq: int, tickers: frozenset[str] | set[str])
     ticker = _require(body, "ticker")
     price = _require(body, "price")
     quantity = _require(body, "quantity")
-    if ticker not in tickers:
+    if type(ticker) is not str or ticker not in tickers:
         raise Rejection(f"unknown ticker {ticker!r} (not in the universe of {len(tickers)})")
     return Fill(source, seq, ticker, price_units(price), _quantity(quantity))
 
@@ -196,6 +188,10 @@ def price_units(price: Any) -> int:
     elif kind is float:
         if not math.isfinite(price):
             raise Rejection(f"price must be a finite number, got {price!r}")
+        if price <= 0:
+            raise Rejection(f"price must be > 0, got {price!r}")
+        if price > MAX_PRICE:
+            raise Rejection(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
         units = round(price * PRICE_SCALE)
         if units / PRICE_SCALE != price:
             raise Rejection(f"price {price!r} has more than {PRICE_DECIMALS} decimal places")

@@ -171,7 +171,9 @@ def _exact_ratio(what: str, number: object) -> tuple[int, int]:
         return number, 1
     if isinstance(number, bool) or not isinstance(number, int | float | Rational | Decimal):
         raise ValueError(f"{what} must be a number, got {number!r}")
-    if isinstance(number, float | Decimal) and not math.isfinite(number):
+    if isinstance(number, Decimal) and not number.is_finite():
+        raise ValueError(f"{what} must be finite, got {number!r}")
+    if isinstance(number, float) and not math.isfinite(number):
         raise ValueError(f"{what} must be finite, got {number!r}")
     if isinstance(number, Rational):
         return number.numerator, number.denominator

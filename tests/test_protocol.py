@@ -1,0 +1,498 @@
+"""Tests for common.protocol.decode_input: every validation rule, and the valid shapes."""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.protocol import (
+    DEFAULT_TICKERS,
+    FILL,
+    MAX_ACCOUNTS,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_SEQ,
+    PRICE_DECIMALS,
+    PRICE_SCALE,
+    SPLIT,
+    SPLIT_TOLERANCE,
+    Fill,
+    Rejection,
+    Split,
+    build_split,
+    decode_input,
+    fill_message,
+    pack,
+    split_message,
+    unpack,
+)
+
+TICKERS = frozenset(DEFAULT_TICKERS)
+SOURCE = "fillsim-1"
+SEQ = 42
+
+
+def fill_body(**overrides) -> dict:
+    body = fill_message(SOURCE, SEQ, "AAPL", 101.23, 500)
+    body.update(overrides)
+    return body
+
+
+def split_body(splits) -> dict:
+    return split_message(SOURCE, SEQ, splits)
+
+
+def without(body: dict, field: str) -> dict:
+    return {k: v for k, v in body.items() if k != field}
+
+
+def rejected(raw: bytes, reason: str) -> Rejection:
+    """Decode, expecting a Rejection whose reason is exactly `reason`."""
+    with pytest.raises(Rejection) as info:
+        decode_input(raw, TICKERS)
+    assert info.value.reason == reason
+    assert str(info.value) == reason
+    return info.value
+
+
+def rejected_with_identity(body: dict, reason: str) -> Rejection:
+    """A body whose source and seq are valid: the Rejection must carry both."""
+    rejection = rejected(pack(body), reason)
+    assert rejection.source == SOURCE
+    assert rejection.seq == SEQ
+    return rejection
+
+
+# -- unreadable messages: no identity --------------------------------------------------
+
+
+def test_rejection_is_a_value_error():
+    assert issubclass(Rejection, ValueError)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xc1", b"", b"\x92\x01", pack({"type": FILL}) + b"\x00"],
+    ids=["reserved-byte", "empty", "truncated", "trailing-data"],
+)
+def test_not_msgpack(raw):
+    with pytest.raises(Rejection, match=r"^not valid msgpack \(") as info:
+        decode_input(raw, TICKERS)
+    assert info.value.source is None
+    assert info.value.seq is None
+
+
+def test_non_string_map_keys_are_not_valid_msgpack_input():
+    with pytest.raises(Rejection, match=r"^not valid msgpack \(") as info:
+        decode_input(pack({1: "fill"}), TICKERS)
+    assert (info.value.source, info.value.seq) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [([1, 2, 3], "list"), ("fill", "str"), (7, "int"), (None, "NoneType")],
+)
+def test_not_a_map(body, kind):
+    rejection = rejected(pack(body), f"message must be a msgpack map, got {kind}")
+    assert (rejection.source, rejection.seq) == (None, None)
+
+
+def test_oversize_message():
+    raw = b"\x00" * (MAX_MESSAGE_BYTES + 1)
+    rejection = rejected(
+        raw,
+        f"message is {MAX_MESSAGE_BYTES + 1} bytes, over the {MAX_MESSAGE_BYTES}-byte limit",
+    )
+    assert (rejection.source, rejection.seq) == (None, None)
+
+
+def test_oversize_valid_msgpack_is_rejected_before_decoding():
+    body = fill_body(padding="x" * MAX_MESSAGE_BYTES)
+    raw = pack(body)
+    assert len(raw) > MAX_MESSAGE_BYTES
+    rejection = rejected(
+        raw, f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
+    )
+    assert (rejection.source, rejection.seq) == (None, None)
+
+
+def test_message_at_the_size_limit_is_accepted():
+    body = fill_body(padding="")
+    padding = MAX_MESSAGE_BYTES - len(pack(body)) - 2  # str8 -> str16 header grows by 2
+    body["padding"] = "x" * padding
+    raw = pack(body)
+    assert len(raw) == MAX_MESSAGE_BYTES
+    assert isinstance(decode_input(raw, TICKERS), Fill)
+
+
+# -- identity: source and seq ----------------------------------------------------------
+
+
+def test_missing_source():
+    rejection = rejected(pack(without(fill_body(), "source")), "missing field 'source'")
+    assert (rejection.source, rejection.seq) == (None, None)
+
+
+def test_missing_seq_carries_the_source():
+    rejection = rejected(pack(without(fill_body(), "seq")), "missing field 'seq'")
+    assert (rejection.source, rejection.seq) == (SOURCE, None)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("", "source must be a non-empty string, got ''"),
+        (17, "source must be a non-empty string, got 17"),
+        (b"raw", "source must be a non-empty string, got b'raw'"),
+        (["a"], "source must be a non-empty string, got ['a']"),
+        (
+            "s" * (MAX_NAME_LENGTH + 1),
+            f"source is {MAX_NAME_LENGTH + 1} characters, over the {MAX_NAME_LENGTH} limit",
+        ),
+    ],
+    ids=["empty", "int", "bytes", "list", "too-long"],
+)
+def test_bad_source(source, reason):
+    rejection = rejected(pack(fill_body(source=source)), reason)
+    assert (rejection.source, rejection.seq) == (None, None)
+
+
+def test_source_at_the_length_limit_is_accepted():
+    source = "s" * MAX_NAME_LENGTH
+    fill = decode_input(pack(fill_body(source=source)), TICKERS)
+    assert fill.source == source
+
+
+@pytest.mark.parametrize(
+    "seq",
+    [0, -1, True, False, "7", 7.0, MAX_SEQ + 1, [1]],
+    ids=["zero", "negative", "true", "false", "str", "float", "too-big", "list"],
+)
+def test_bad_seq_carries_the_source(seq):
+    rejection = rejected(
+        pack(fill_body(seq=seq)), f"seq must be an integer from 1 to {MAX_SEQ}, got {seq!r}"
+    )
+    assert (rejection.source, rejection.seq) == (SOURCE, None)
+
+
+@pytest.mark.parametrize("seq", [1, MAX_SEQ])
+def test_seq_limits_are_accepted(seq):
+    assert decode_input(pack(fill_body(seq=seq)), TICKERS).seq == seq
+
+
+# -- type --------------------------------------------------------------------------------
+
+
+def test_missing_type():
+    rejected_with_identity(without(fill_body(), "type"), "missing field 'type'")
+
+
+@pytest.mark.parametrize("kind", ["order", "FILL", "", 3])
+def test_unknown_type(kind):
+    rejected_with_identity(
+        fill_body(type=kind), f"unknown message type {kind!r} (expected 'fill' or 'split')"
+    )
+
+
+# -- fills -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["ticker", "price", "quantity"])
+def test_fill_missing_field(field):
+    rejected_with_identity(without(fill_body(), field), f"missing field {field!r}")
+
+
+@pytest.mark.parametrize("ticker", ["IBM", "aapl", "", None, 5])
+def test_unknown_ticker(ticker):
+    rejected_with_identity(
+        fill_body(ticker=ticker),
+        f"unknown ticker {ticker!r} (not in the universe of {len(TICKERS)})",
+    )
+
+
+def test_ticker_universe_is_the_one_passed_in():
+    raw = pack(fill_body(ticker="IBM"))
+    assert decode_input(raw, {"IBM"}).ticker == "IBM"
+    with pytest.raises(Rejection, match=re.escape("(not in the universe of 1)")):
+        decode_input(pack(fill_body()), {"IBM"})
+
+
+@pytest.mark.parametrize("ticker", [["AAPL"], {"AAPL": 1}], ids=["list", "map"])
+def test_unhashable_ticker_is_rejected(ticker):
+    rejected_with_identity(
+        fill_body(ticker=ticker),
+        f"unknown ticker {ticker!r} (not in the universe of {len(TICKERS)})",
+    )
+
+
+@pytest.mark.parametrize(
+    ("price", "reason"),
+    [
+        (float("nan"), "price must be a finite number, got nan"),
+        (float("inf"), "price must be a finite number, got inf"),
+        (float("-inf"), "price must be a finite number, got -inf"),
+        (0, "price must be > 0, got 0"),
+        (0.0, "price must be > 0, got 0.0"),
+        (-0.0, "price must be > 0, got -0.0"),
+        (-5, "price must be > 0, got -5"),
+        (-1.25, "price must be > 0, got -1.25"),
+        (True, "price must be a number, got bool True"),
+        ("101.23", "price must be a number, got str '101.23'"),
+        (None, "price must be a number, got NoneType None"),
+        (1.0000001, f"price 1.0000001 has more than {PRICE_DECIMALS} decimal places"),
+        (1e-7, f"price 1e-07 has more than {PRICE_DECIMALS} decimal places"),
+        (0.1 + 0.2, f"price {0.1 + 0.2!r} has more than {PRICE_DECIMALS} decimal places"),
+        (MAX_PRICE + 1, f"price {MAX_PRICE + 1} is over the {MAX_PRICE:,} limit per share"),
+        (
+            MAX_PRICE + 0.01,
+            f"price {MAX_PRICE + 0.01!r} is over the {MAX_PRICE:,} limit per share",
+        ),
+        (1e12, f"price 1000000000000.0 is over the {MAX_PRICE:,} limit per share"),
+    ],
+)
+def test_bad_price(price, reason):
+    rejected_with_identity(fill_body(price=price), reason)
+
+
+@pytest.mark.parametrize("price", [1e303, 1.7976931348623157e308, -1e303])
+def test_huge_finite_price_is_rejected(price):
+    reason = (
+        f"price {price!r} is over the {MAX_PRICE:,} limit per share"
+        if price > 0
+        else f"price must be > 0, got {price!r}"
+    )
+    rejected_with_identity(fill_body(price=price), reason)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "reason"),
+    [
+        (3.0, "quantity must be a whole number (int), got 3.0"),
+        (True, "quantity must be a whole number (int), got True"),
+        ("3", "quantity must be a whole number (int), got '3'"),
+        (None, "quantity must be a whole number (int), got None"),
+        (0, "quantity must be > 0, got 0"),
+        (-10, "quantity must be > 0, got -10"),
+        (
+            MAX_QUANTITY + 1,
+            f"quantity {MAX_QUANTITY + 1:,} is over the {MAX_QUANTITY:,} limit per fill",
+        ),
+    ],
+)
+def test_bad_quantity(quantity, reason):
+    rejected_with_identity(fill_body(quantity=quantity), reason)
+
+
+def test_valid_fill_with_int_price():
+    fill = decode_input(pack(fill_message(SOURCE, SEQ, "MSFT", 250, 1000)), TICKERS)
+    assert fill == Fill(SOURCE, SEQ, "MSFT", 250 * PRICE_SCALE, 1000)
+    assert type(fill.price_units) is int
+    assert fill.price == 250.0
+
+
+def test_valid_fill_with_two_decimal_price():
+    fill = decode_input(pack(fill_body(price=101.23)), TICKERS)
+    assert fill.price_units == 101_230_000
+    assert fill.price == 101.23
+    assert fill == Fill(SOURCE, SEQ, "AAPL", 101_230_000, 500)
+
+
+@pytest.mark.parametrize(
+    ("price", "units"),
+    [
+        (1e-6, 1),
+        (0.000001, 1),
+        (0.1, 100_000),
+        (123.456789, 123_456_789),
+        (MAX_PRICE, MAX_PRICE * PRICE_SCALE),
+        (float(MAX_PRICE), MAX_PRICE * PRICE_SCALE),
+        (999_999.999999, MAX_PRICE * PRICE_SCALE - 1),
+    ],
+)
+def test_price_units_are_exact(price, units):
+    assert decode_input(pack(fill_body(price=price)), TICKERS).price_units == units
+
+
+def test_quantity_limits_are_accepted():
+    assert decode_input(pack(fill_body(quantity=1)), TICKERS).quantity == 1
+    fill = decode_input(pack(fill_body(quantity=MAX_QUANTITY)), TICKERS)
+    assert fill.quantity == MAX_QUANTITY
+
+
+def test_extra_fields_are_ignored():
+    fill = decode_input(pack(fill_body(note="hello")), TICKERS)
+    assert fill == Fill(SOURCE, SEQ, "AAPL", 101_230_000, 500)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    source=st.text(min_size=1, max_size=MAX_NAME_LENGTH),
+    seq=st.integers(1, MAX_SEQ),
+    ticker=st.sampled_from(sorted(TICKERS)),
+    units=st.integers(1, MAX_PRICE * PRICE_SCALE),
+    quantity=st.integers(1, MAX_QUANTITY),
+)
+def test_fill_round_trip(source, seq, ticker, units, quantity):
+    price = units / PRICE_SCALE
+    raw = pack(fill_message(source, seq, ticker, price, quantity))
+    assert unpack(raw)["type"] == FILL
+    fill = decode_input(raw, TICKERS)
+    assert fill == Fill(source, seq, ticker, units, quantity)
+    assert fill.price == price
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=1e-6, max_value=MAX_PRICE))
+def test_arbitrary_float_prices_are_exact_or_rejected(price):
+    raw = pack(fill_body(price=price))
+    try:
+        fill = decode_input(raw, TICKERS)
+    except Rejection as rejection:
+        assert rejection.reason == f"price {price!r} has more than {PRICE_DECIMALS} decimal places"
+        assert round(price, PRICE_DECIMALS) != price
+    else:
+        assert fill.price_units / PRICE_SCALE == price
+        assert fill.price == price
+
+
+# -- splits ------------------------------------------------------------------------------
+
+
+def test_split_missing_splits():
+    rejected_with_identity(without(split_body({"a": 100}), "splits"), "missing field 'splits'")
+
+
+@pytest.mark.parametrize(
+    ("splits", "reason"),
+    [
+        ({}, "splits is empty: at least one account is needed"),
+        ([["a", 100]], "splits must be a map of account to percent, got list"),
+        ("a=100", "splits must be a map of account to percent, got str"),
+        (100, "splits must be a map of account to percent, got int"),
+        (None, "splits must be a map of account to percent, got NoneType"),
+        ({"a": 110, "b": -10}, "percent for account 'b' is negative (-10)"),
+        ({"a": 100.5, "b": -0.5}, "percent for account 'b' is negative (-0.5)"),
+        ({"a": 50, "b": float("nan")}, "percent for account 'b' must be finite, got nan"),
+        ({"a": 50, "b": float("inf")}, "percent for account 'b' must be finite, got inf"),
+        ({"a": 50, "b": "50"}, "percent for account 'b' must be a number, got '50'"),
+        ({"a": 50, "b": None}, "percent for account 'b' must be a number, got None"),
+        ({"a": 99, "b": True}, "percent for account 'b' must be a number, got True"),
+        ({"a": 50, "b": 49}, f"percentages sum to 99, not 100 (tolerance {SPLIT_TOLERANCE})"),
+        (
+            {"a": 50, "b": 50.02},
+            f"percentages sum to 100.02, not 100 (tolerance {SPLIT_TOLERANCE})",
+        ),
+        ({"a": 60, "b": 60}, f"percentages sum to 120, not 100 (tolerance {SPLIT_TOLERANCE})"),
+        ({"a": 0, "b": 0.0}, f"percentages sum to 0, not 100 (tolerance {SPLIT_TOLERANCE})"),
+        ({"": 100}, "account name must be a non-empty string, got ''"),
+        ({"a": 50, b"b": 50}, "account name must be a non-empty string, got b'b'"),
+        (
+            {"a" * (MAX_NAME_LENGTH + 1): 100},
+            f"account name is {MAX_NAME_LENGTH + 1} characters, over the {MAX_NAME_LENGTH} limit",
+        ),
+    ],
+)
+def test_bad_split(splits, reason):
+    rejected_with_identity(split_body(splits), reason)
+
+
+def test_split_account_name_not_a_string_via_build_split():
+    # msgpack input only allows str/bytes keys; build_split is also used directly
+    with pytest.raises(
+        Rejection, match=re.escape("account name must be a non-empty string, got 7")
+    ):
+        build_split(SOURCE, SEQ, {7: 100})
+
+
+def test_split_with_too_many_accounts():
+    splits = {f"a{i}": 100 / (MAX_ACCOUNTS + 1) for i in range(MAX_ACCOUNTS + 1)}
+    with pytest.raises(Rejection) as info:
+        build_split(SOURCE, SEQ, splits)
+    assert info.value.reason == (
+        f"splits has {MAX_ACCOUNTS + 1} accounts, over the {MAX_ACCOUNTS} limit"
+    )
+
+
+def test_split_is_sorted_by_account_name():
+    raw = pack(split_body({"zed": 25, "Alpha": 25.5, "mid": 49.5}))
+    split = decode_input(raw, TICKERS)
+    assert isinstance(split, Split)
+    assert (split.source, split.seq) == (SOURCE, SEQ)
+    assert split.accounts == ("Alpha", "mid", "zed")
+    assert split.percents == (25.5, 49.5, 25.0)
+    assert all(type(p) is float for p in split.percents)
+    assert split.target_percent() == {"Alpha": 25.5, "mid": 49.5, "zed": 25.0}
+    # weights are the exact percentages over a common denominator
+    assert split.weights == (51, 99, 50)
+
+
+def test_split_single_account():
+    split = decode_input(pack(split_body({"only": 100})), TICKERS)
+    assert split.accounts == ("only",)
+    assert split.target_percent() == {"only": 100.0}
+
+
+def test_split_with_zero_percent_account_is_kept():
+    split = decode_input(pack(split_body({"a": 100, "b": 0})), TICKERS)
+    assert split.accounts == ("a", "b")
+    assert split.target_percent() == {"a": 100.0, "b": 0.0}
+
+
+def assert_exactly_normalised(split: Split, splits: dict) -> None:
+    """Each weight share is exactly the given percent over the exact given total."""
+    total = sum(split.weights)
+    exact_total = sum(Fraction(p) for p in splits.values())
+    for account, weight in zip(split.accounts, split.weights, strict=True):
+        assert Fraction(weight, total) == Fraction(splits[account]) / exact_total
+    assert math.isclose(sum(split.target_percent().values()), 100, rel_tol=0, abs_tol=1e-9)
+
+
+def test_split_summing_to_99_995_is_accepted_and_normalised_exactly():
+    splits = {"a": 33.33, "b": 33.33, "c": 33.335}
+    assert math.isclose(sum(splits.values()), 99.995)
+    split = decode_input(pack(split_body(splits)), TICKERS)
+    assert_exactly_normalised(split, splits)
+
+
+def test_split_50_49_995_is_accepted_and_normalised_exactly():
+    splits = {"a": 50, "b": 49.995}
+    split = decode_input(pack(split_body(splits)), TICKERS)
+    assert_exactly_normalised(split, splits)
+
+
+@pytest.mark.parametrize("total", [99.995, 100.005, 99.991, 100.009])
+def test_split_inside_tolerance_accepted(total):
+    splits = {"a": 50, "b": total - 50}
+    assert_exactly_normalised(decode_input(pack(split_body(splits)), TICKERS), splits)
+
+
+@pytest.mark.parametrize("total", [99.98, 100.02, 99.9, 100.1])
+def test_split_outside_tolerance_rejected(total):
+    with pytest.raises(Rejection, match=r"^percentages sum to .*, not 100 \(tolerance"):
+        decode_input(pack(split_body({"a": 50, "b": total - 50})), TICKERS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=20),
+        st.integers(1, 1000),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_split_round_trip_normalises_any_positive_integers(raw):
+    total = sum(raw.values())
+    splits = {account: 100 * k / total for account, k in raw.items()}
+    split = decode_input(pack(split_message(SOURCE, SEQ, splits)), TICKERS)
+    assert unpack(pack(split_message(SOURCE, SEQ, splits)))["type"] == SPLIT
+    assert split.accounts == tuple(sorted(raw))
+    assert split.percents == tuple(splits[a] for a in split.accounts)
+    assert math.isclose(sum(split.target_percent().values()), 100, rel_tol=0, abs_tol=1e-9)
