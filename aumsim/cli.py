@@ -10,7 +10,7 @@ import zmq
 
 from aumsim.service import AumSimulator
 from aumsim.splits import BASIS_POINTS, account_names
-from common import config, logs
+from common import config, logs, security
 from common.lifecycle import StopFlag
 from common.sender import ReliableSender, session_source
 
@@ -25,6 +25,7 @@ DEFAULTS = {
     "count": None,
     "seed": None,
     "log_level": "INFO",
+    **security.CLIENT_DEFAULTS,
 }
 
 
@@ -38,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accounts", type=int, metavar="N", help="number of accounts (default 5)")
     p.add_argument("--count", type=int, metavar="N", help="stop after N acknowledged splits")
     p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible splits")
+    security.add_flags(p, server=False)
     return p
 
 
@@ -53,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--interval must be > 0 and --accounts from 1 to %d", BASIS_POINTS)
         return 2
     stop = StopFlag().install()
-    source = session_source(args.source, "aumsim")
+    try:
+        source = session_source(args.source, "aumsim")
+        configure = security.client_security(args, [args.controller, args.acks], "aumsim")
+    except (security.SecurityError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     ctx = zmq.Context()
-    sender = ReliableSender(ctx, source, args.controller, args.acks)
+    sender = ReliableSender(ctx, source, args.controller, args.acks, configure=configure)
     simulator = AumSimulator(
         sender, account_names(args.accounts), args.interval, args.count, args.seed
     )

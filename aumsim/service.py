@@ -52,7 +52,9 @@ class AumSimulator:
         self.sender.flush(STOP_FLUSH)
         log.info(
             "%s: stopping after %d splits (%d unacknowledged)",
-            self.sender.source, self.sent, self.sender.pending,
+            self.sender.source,
+            self.sent,
+            self.sender.pending,
         )
 
     def send_one(self) -> None:

@@ -121,15 +121,24 @@ def read_event(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
 # -- validation --------------------------------------------------------------------------
 def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
     """Decode and validate one input message; raise Rejection with a specific reason."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise Rejection(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    # An oversize message is still read for its source and seq, so that its seq is consumed.
+    oversize = len(raw) > MAX_MESSAGE_BYTES
     try:
         body = msgpack.unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        raise Rejection(f"not valid msgpack ({type(exc).__name__}: {exc})") from None
+        reason = f"not valid msgpack ({type(exc).__name__}: {exc})"
+        raise Rejection(_size_reason(raw) if oversize else reason) from None
     if not isinstance(body, dict):
-        raise Rejection(f"message must be a msgpack map, got {type(body).__name__}")
-    source, seq = _read_identity(body)
+        reason = f"message must be a msgpack map, got {type(body).__name__}"
+        raise Rejection(_size_reason(raw) if oversize else reason)
+    try:
+        source, seq = _read_identity(body)
+    except Rejection as rejection:
+        if oversize:
+            raise Rejection(_size_reason(raw), rejection.source) from None
+        raise
+    if oversize:
+        raise Rejection(_size_reason(raw), source, seq)
     try:
         kind = body.get("type")
         if kind == FILL:
@@ -142,6 +151,10 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
     except Rejection as rejection:
         rejection.source, rejection.seq = source, seq
         raise
+
+
+def _size_reason(raw: bytes) -> str:
+    return f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
 
 
 def _read_identity(body: dict) -> tuple[str, int]:

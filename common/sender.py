@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.protocol import TOPIC_ACK, pack, read_event
+from common.protocol import MAX_NAME_LENGTH, TOPIC_ACK, pack, read_event
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,12 @@ STOP_FLUSH = 3.0  # seconds a stopping sender waits for its last acknowledgement
 def session_source(name: str | None, role: str) -> str:
     """A source identity unique to this run, so a restarted sender is never a duplicate."""
     base = name or f"{role}-{socket.gethostname()}-{os.getpid()}"
-    return f"{base}@{uuid.uuid4().hex[:8]}"
+    source = f"{base}@{uuid.uuid4().hex[:8]}"
+    if len(source) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"source name {base!r} is too long (at most {MAX_NAME_LENGTH - 9} characters)"
+        )
+    return source
 
 
 class ReliableSender:

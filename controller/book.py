@@ -141,13 +141,13 @@ class Book:
         return {
             "version": STATE_VERSION,
             "tickers": list(self.tickers),
-            "accounts": self.accounts,
+            "accounts": list(self.accounts),
             "values": [str(v) for v in self.values],
-            "positions": self.positions,
+            "positions": [dict(held) for held in self.positions],
             "split": None
             if split is None
             else [split.source, split.seq, dict(zip(split.accounts, split.percents, strict=True))],
-            "last_price": self.last_price,
+            "last_price": dict(self.last_price),
             "pending": [
                 [f.source, f.seq, f.ticker, f.price_units, f.quantity] for f in self.pending
             ],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from common import config, logs
+from common import config, logs, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
 from controller.deadletter import DeadLetters
@@ -31,6 +31,7 @@ DEFAULTS = {
     "fsync_interval": 1.0,
     "checkpoint_interval": 60.0,
     "log_level": "INFO",
+    **security.SERVER_DEFAULTS,
 }
 
 
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync", choices=FSYNC_POLICIES, help="journal sync policy (default always)")
     p.add_argument("--fsync-interval", type=float, metavar="SECONDS")
     p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
+    security.add_flags(p, server=True)
     return p
 
 
@@ -111,6 +113,13 @@ def serve(argv: list[str]) -> int:
     engine.deadletters = DeadLetters(journal_path.with_name(journal_path.name + ".rejected.jsonl"))
     ctx = zmq.Context()
     try:
+        guard = security.server_security(ctx, args, [args.inputs, args.publish], "controller")
+    except security.SecurityError as exc:
+        log.error("cannot start: %s", exc)
+        engine.journal.close()
+        ctx.term()
+        return 2
+    try:
         service = ControllerService(
             ctx,
             engine,
@@ -119,14 +128,20 @@ def serve(argv: list[str]) -> int:
             snapshot_interval=args.snapshot_interval,
             checkpoint_path=checkpoint_path,
             checkpoint_interval=args.checkpoint_interval,
+            security=guard,
         )
     except zmq.ZMQError as exc:
         log.error("cannot bind: %s", exc)
         engine.journal.close()
+        if guard is not None:
+            guard.stop()
+        ctx.destroy(linger=0)
         return 1
     try:
         service.run(stop)
     finally:
         service.close()
+        if guard is not None:
+            guard.stop()
         ctx.term()
     return 0

@@ -63,9 +63,8 @@ class Engine:
         try:
             item: Input = decode_input(raw, self.tickers)
         except Rejection as rejection:
-            if self.deadletters is not None:
-                self.deadletters.write(raw, rejection)
             if rejection.source is None or rejection.seq is None:
+                self._dead_letter(raw, rejection)
                 self.unidentified_rejections += 1
                 log.warning("rejected a message: %s", rejection.reason)
                 self._outbox.append(event(TOPIC_REJECTED, {"reason": rejection.reason}))
@@ -74,6 +73,8 @@ class Engine:
         source = item.source
         ready = self.sequencer.offer(source, item.seq, item)
         self._touched.add(source)
+        if ready is not None and type(item) is Rejection:
+            self._dead_letter(raw, item)  # once, not again for each resend
         if ready:
             for each in ready:
                 self._journal(each)
@@ -99,6 +100,10 @@ class Engine:
             event(TOPIC_ACK, {"source": source, "seq": seq})
             for source, seq in self.sequencer.last_seq.items()
         ]
+
+    def _dead_letter(self, raw: bytes, rejection: Rejection) -> None:
+        if self.deadletters is not None:
+            self.deadletters.write(raw, rejection)
 
     def _journal(self, item: Input) -> None:
         if self.journal is not None:
@@ -136,6 +141,7 @@ class Engine:
         counts["duplicates"] = self.sequencer.duplicates
         counts["gaps"] = self.sequencer.gaps
         counts["held"] = self.sequencer.held
+        counts["dropped"] = self.sequencer.dropped
         snapshot["sources"] = dict(self.sequencer.last_seq)
         return snapshot
 

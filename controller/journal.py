@@ -155,12 +155,28 @@ def _record_problem(data: bytes, offset: int, size: int) -> tuple[bool, str] | N
         return False, f"implausible record length {length}"
     end = offset + RECORD_HEADER.size + length
     if end > size:
+        if _good_record_after(data, offset + RECORD_HEADER.size, size):
+            return False, f"record length {length} runs past the end, yet good records follow"
         return True, f"a record cut short ({size - offset} of {end - offset} bytes)"
     if zlib.crc32(data[offset + RECORD_HEADER.size : end]) != checksum:
         if end == size:
             return True, "a last record with a bad checksum"
         return False, "checksum mismatch"
     return None
+
+
+def _good_record_after(data: bytes, start: int, size: int) -> bool:
+    """Whether any intact record starts after `start`: then the damage is not a torn tail.
+
+    A torn write only ever leaves a short tail, so this scan is short in the normal case.
+    """
+    for position in range(start, size - RECORD_HEADER.size):
+        length, checksum = RECORD_HEADER.unpack_from(data, position)
+        end = position + RECORD_HEADER.size + length
+        if 0 < length <= MAX_RECORD_BYTES and end <= size:
+            if zlib.crc32(data[position + RECORD_HEADER.size : end]) == checksum:
+                return True
+    return False
 
 
 def _truncate(path: Path, offset: int, why: str) -> None:

@@ -18,6 +18,7 @@ import zmq
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import MAX_MESSAGE_BYTES, TOPIC_POSITIONS, event
+from common.security import ServerSecurity
 from controller.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ class ControllerService:
         checkpoint_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.engine = engine
+        self.security = security
         self.instance = uuid.uuid4().hex[:12]
         self.clock = clock
         self.wall_clock = wall_clock
@@ -56,6 +59,9 @@ class ControllerService:
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
         self.pub.setsockopt(zmq.LINGER, 1000)
+        if security is not None:
+            security.configure(self.pull)
+            security.configure(self.pub)
         self.pull.bind(inputs)
         self.pub.bind(publish)
         self.inputs = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -116,6 +122,7 @@ class ControllerService:
             time=self.wall_clock(),
             interval=self.snapshot_interval,
         )
+        snapshot["counts"]["peers_rejected"] = self.security.rejected if self.security else 0
         self.pub.send_multipart(event(TOPIC_POSITIONS, snapshot))
         for frames in self.engine.acks():
             self.pub.send_multipart(frames)

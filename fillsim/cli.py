@@ -8,7 +8,7 @@ import sys
 
 import zmq
 
-from common import config, logs
+from common import config, logs, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
 from common.sender import ReliableSender, session_source
@@ -27,6 +27,7 @@ DEFAULTS = {
     "seed": None,
     "tickers": list(DEFAULT_TICKERS),
     "log_level": "INFO",
+    **security.CLIENT_DEFAULTS,
 }
 
 
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="stop after N acknowledged fills")
     p.add_argument("--seed", type=int, metavar="N", help="seed for a reproducible stream")
     p.add_argument("--tickers", type=lambda s: [t for t in s.split(",") if t], metavar="T1,...")
+    security.add_flags(p, server=False)
     return p
 
 
@@ -56,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--interval and --rate must be > 0")
         return 2
     stop = StopFlag().install()
-    source = session_source(args.source, "fillsim")
+    try:
+        source = session_source(args.source, "fillsim")
+        configure = security.client_security(args, [args.controller, args.acks], "fillsim")
+    except (security.SecurityError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     ctx = zmq.Context()
-    sender = ReliableSender(ctx, source, args.controller, args.acks)
+    sender = ReliableSender(ctx, source, args.controller, args.acks, configure=configure)
     simulator = FillSimulator(
         sender, Market(args.tickers, args.seed), args.interval, args.rate, args.count, args.seed
     )

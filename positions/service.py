@@ -32,9 +32,11 @@ class SnapshotWatcher:
         if self.instance is not None and instance != self.instance:
             self.restarts += 1
             notices.append(f"controller restarted ({self.instance} -> {instance})")
+        elif self.instance is not None and seq <= self.seq:
+            notices.append(f"snapshot #{seq} arrived after #{self.seq} (out of order)")
         elif self.instance is not None and seq != self.seq + 1:
             missed = seq - self.seq - 1
-            self.missed += max(missed, 0)
+            self.missed += missed
             notices.append(f"missed {missed} snapshot(s): #{self.seq} then #{seq}")
         self.instance, self.seq = instance, seq
         return notices

@@ -113,14 +113,15 @@ def test_oversize_message():
     assert (rejection.source, rejection.seq) == (None, None)
 
 
-def test_oversize_valid_msgpack_is_rejected_before_decoding():
+def test_oversize_valid_msgpack_is_rejected_with_its_identity():
     body = fill_body(padding="x" * MAX_MESSAGE_BYTES)
     raw = pack(body)
     assert len(raw) > MAX_MESSAGE_BYTES
     rejection = rejected(
         raw, f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
     )
-    assert (rejection.source, rejection.seq) == (None, None)
+    # Its seq is consumed, so the sender's later messages are not held up behind it.
+    assert (rejection.source, rejection.seq) == (body["source"], body["seq"])
 
 
 def test_message_at_the_size_limit_is_accepted():
