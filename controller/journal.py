@@ -173,9 +173,12 @@ def _good_record_after(data: bytes, start: int, size: int) -> bool:
     for position in range(start, size - RECORD_HEADER.size):
         length, checksum = RECORD_HEADER.unpack_from(data, position)
         end = position + RECORD_HEADER.size + length
-        if 0 < length <= MAX_RECORD_BYTES and end <= size:
-            if zlib.crc32(data[position + RECORD_HEADER.size : end]) == checksum:
-                return True
+        if (
+            0 < length <= MAX_RECORD_BYTES
+            and end <= size
+            and zlib.crc32(data[position + RECORD_HEADER.size : end]) == checksum
+        ):
+            return True
     return False
 
 
