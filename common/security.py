@@ -141,7 +141,7 @@ class AllowListAuthenticator(ThreadAuthenticator):
             raise SecurityError(f"allow-list directory {self.allow_dir} does not exist")
         self.rejected = 0
         self._address = ""
-        self._allowed = self._read_allow_list()
+        self._allowed_keys = self._read_allow_list()
         self.configure_curve_callback("*", self)
 
     def _read_allow_list(self) -> set[bytes]:
@@ -154,10 +154,10 @@ class AllowListAuthenticator(ThreadAuthenticator):
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP credentials check (called by zmq.auth with the client's z85 public key)."""
-        if key in self._allowed:
+        if key in self._allowed_keys:
             return True
-        self._allowed = self._read_allow_list()
-        if key in self._allowed:
+        self._allowed_keys = self._read_allow_list()
+        if key in self._allowed_keys:
             return True
         self.rejected += 1
         log.warning(

@@ -62,8 +62,13 @@ class ControllerService:
         if security is not None:
             security.configure(self.pull)
             security.configure(self.pub)
-        self.pull.bind(inputs)
-        self.pub.bind(publish)
+        try:
+            self.pull.bind(inputs)
+            self.pub.bind(publish)
+        except zmq.ZMQError:
+            self.pull.close(linger=0)
+            self.pub.close(linger=0)
+            raise
         self.inputs = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.publish = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         log.info(

@@ -160,7 +160,9 @@ def test_killing_and_restarting_peers_loses_and_duplicates_nothing(tmp_path):
         )
 
     def positions():
-        return Running(python_module("positions", "--controller", publish, "--format", "json"))
+        return Running(
+            python_module("positions", "--controller", publish, "--format", "json", "--no-record")
+        )
 
     procs = [
         Running(

@@ -24,13 +24,6 @@ from controller.allocator import allocate
 from controller.engine import recover
 
 
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 def start_controller(tmp_path, *extra):
     inputs, publish = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/pub"
     running = Running(

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import zmq
-from helpers import FakeClock, collect
+from helpers import FakeClock, collect, wait_for
 
 from common.protocol import (
     DEFAULT_TICKERS,
@@ -30,13 +30,6 @@ _endpoints = itertools.count()
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def endpoints():
     n = next(_endpoints)
     return f"inproc://inputs-{n}", f"inproc://events-{n}"
@@ -47,6 +40,20 @@ def make_service(ctx, endpoints, clock, engine=None, interval=10.0, **kwargs):
     return ControllerService(
         ctx, engine, endpoints[0], endpoints[1], snapshot_interval=interval, clock=clock, **kwargs
     )
+
+
+def rebind(ctx, endpoints, clock, engine=None, **kwargs):
+    """A new service on endpoints just released: ZeroMQ closes listeners asynchronously."""
+
+    def attempt():
+        try:
+            return make_service(ctx, endpoints, clock, engine, **kwargs)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                raise
+            return None
+
+    return wait_for(attempt, 10, f"{endpoints} to be free again")
 
 
 def subscriber(ctx, endpoint):
@@ -179,7 +186,7 @@ def test_controller_restart_loses_nothing_and_counts_nothing_twice(ctx, tmp_path
         engine, _ = recover(journal, checkpoint, DEFAULT_TICKERS)
         engine.journal = JournalWriter(journal)
         engine.deadletters = DeadLetters(tmp_path / "dead.jsonl")
-        return make_service(ctx, endpoints, clock, engine, checkpoint_path=checkpoint)
+        return rebind(ctx, endpoints, clock, engine, checkpoint_path=checkpoint)
 
     service = start_controller(("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"))
     endpoints = (service.inputs, service.publish)
@@ -234,7 +241,7 @@ def test_position_server_sees_snapshots_and_a_restart(ctx):
     publish_until_shown(service)
     assert shown[0][1] == []
     service.close()
-    replacement = make_service(ctx, endpoints, clock)
+    replacement = rebind(ctx, endpoints, clock)
     publish_until_shown(replacement)
     assert any("controller restarted" in note for note in shown[-1][1])
     assert server.watcher.restarts == 1

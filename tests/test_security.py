@@ -1,0 +1,201 @@
+"""Only trusted peers get in: CURVE keys, the allow-list, the loopback rule, key files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import zmq
+from helpers import FakeClock, collect, python_module, wait_for
+
+from common import security
+from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS, fill_message, pack, split_message
+from common.sender import ReliableSender
+from controller.engine import Engine
+from controller.service import ControllerService
+
+
+@pytest.fixture
+def keys(tmp_path):
+    directory, allowed = tmp_path / "keys", tmp_path / "keys" / "allowed"
+    for name in ("controller", "trusted", "stranger"):
+        security.generate_keys(directory, name)
+    allowed.mkdir()
+    (allowed / "trusted.key").write_bytes((directory / "trusted.key").read_bytes())
+    return directory
+
+
+@pytest.fixture
+def secured(ctx, keys):
+    guard = security.ServerSecurity(ctx, keys / "controller.key_secret", keys / "allowed")
+    service = ControllerService(
+        ctx,
+        Engine(DEFAULT_TICKERS),
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        clock=FakeClock(),
+        security=guard,
+    )
+    yield service
+    service.close()
+    guard.stop()
+
+
+def client(keys, name):
+    return security.client_configure(keys / f"{name}.key_secret", keys / "controller.key")
+
+
+def subscriber(ctx, endpoint, configure=None):
+    sub = ctx.socket(zmq.SUB)
+    if configure is not None:
+        configure(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, TOPIC_POSITIONS)
+    sub.connect(endpoint)
+    return sub
+
+
+def test_allowed_client_gets_in_and_strangers_get_nothing(ctx, keys, secured):
+    trusted = ReliableSender(
+        ctx, "trusted", secured.inputs, secured.publish, configure=client(keys, "trusted")
+    )
+    stranger = ReliableSender(
+        ctx, "stranger", secured.inputs, secured.publish, configure=client(keys, "stranger")
+    )
+    plain = ctx.socket(zmq.PUSH)
+    plain.connect(secured.inputs)
+    stranger_sub = subscriber(ctx, secured.publish, client(keys, "stranger"))
+    plain_sub = subscriber(ctx, secured.publish)
+    trusted_sub = subscriber(ctx, secured.publish, client(keys, "trusted"))
+
+    for sender in (trusted, stranger):
+        sender.send(split_message(sender.source, 0, {"EVIL" if sender is stranger else "A": 100}))
+        sender.send(fill_message(sender.source, 0, "AAPL", 10.0, 100))
+    plain.send(pack(split_message("plain", 1, {"EVIL": 100})), zmq.NOBLOCK)
+
+    def trusted_through_and_strangers_refused():
+        secured.step(10)
+        secured.publish_snapshot()
+        for sender in (trusted, stranger):
+            sender.pump(0)
+        return (
+            trusted.pending == 0
+            and secured.security.authenticator.rejected >= 2
+            and secured.security.handshake_failures >= 2
+        )
+
+    wait_for(trusted_through_and_strangers_refused, 20, "the trusted fill and refusals")
+    book = secured.engine.book
+    assert book.accounts == ["A"] and book.total_shares()["AAPL"] == 100
+    assert set(secured.engine.sequencer.last_seq) == {"trusted"}
+    assert stranger.pending == 2  # never acknowledged
+    assert collect(trusted_sub, 100), "the trusted subscriber reads snapshots"
+    assert collect(stranger_sub, 100) == [] and collect(plain_sub, 100) == []
+    snapshot = secured.engine.snapshot()
+    assert "EVIL" not in snapshot["accounts"]
+    secured.publish_snapshot()
+    latest = [body for _, body in collect(trusted_sub, 100)][-1]
+    assert latest["counts"]["peers_rejected"] >= 4
+    for sender in (trusted, stranger):
+        sender.close()
+    for sock in (plain, stranger_sub, plain_sub, trusted_sub):
+        sock.close(linger=0)
+
+
+def test_secret_key_readable_by_others_is_refused(keys):
+    secret = keys / "trusted.key_secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    os.chmod(secret, 0o644)
+    with pytest.raises(security.SecurityError, match="readable by others.*chmod 600"):
+        security.load_key_pair(secret)
+
+
+def test_public_key_is_not_a_secret_key(keys):
+    os.chmod(keys / "trusted.key", 0o600)
+    with pytest.raises(security.SecurityError, match="holds no secret key"):
+        security.load_key_pair(keys / "trusted.key")
+
+
+def test_keys_are_never_overwritten(keys):
+    with pytest.raises(security.SecurityError, match="already exists"):
+        security.generate_keys(keys, "trusted")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://127.8.9.10:1", True),
+        ("tcp://localhost:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("ipc:///tmp/x", True),
+        ("inproc://x", True),
+        ("tcp://0.0.0.0:5555", False),
+        ("tcp://*:5555", False),
+        ("tcp://10.1.2.3:5555", False),
+        ("tcp://controller.example:5555", False),
+        ("tcp://eth0:5555", False),
+    ],
+)
+def test_loopback_rule(endpoint, local):
+    assert security.is_local(endpoint) is local
+
+
+def test_plain_tcp_beyond_loopback_needs_insecure():
+    with pytest.raises(security.SecurityError, match="not loopback and no CURVE keys"):
+        security.require_safe(["tcp://0.0.0.0:5555"], keyed=False, insecure=False, role="x")
+    security.require_safe(["tcp://0.0.0.0:5555"], keyed=False, insecure=True, role="x")
+    security.require_safe(["tcp://0.0.0.0:5555"], keyed=True, insecure=False, role="x")
+
+
+def test_controller_process_refuses_exposed_plain_endpoint(tmp_path):
+    controller = python_module(
+        "controller",
+        "--inputs",
+        "tcp://0.0.0.0:0",
+        "--publish",
+        f"ipc://{tmp_path}/pub",
+        "--journal",
+        str(tmp_path / "journal"),
+    )
+    _, err = controller.communicate(timeout=30)
+    assert controller.returncode == 2
+    assert b"not loopback and no CURVE keys are configured" in err
+
+
+def test_fillsim_process_refuses_a_world_readable_secret(tmp_path, keys):
+    os.chmod(keys / "trusted.key_secret", 0o640)
+    fillsim = python_module(
+        "fillsim",
+        "--controller",
+        f"ipc://{tmp_path}/in",
+        "--acks",
+        f"ipc://{tmp_path}/pub",
+        "--curve-secret-key",
+        str(keys / "trusted.key_secret"),
+        "--curve-server-key",
+        str(keys / "controller.key"),
+        "--count",
+        "1",
+    )
+    _, err = fillsim.communicate(timeout=30)
+    assert fillsim.returncode == 2
+    assert b"is readable by others (mode 640)" in err
+
+
+def test_keys_tool_writes_a_private_pair_and_allows_it(tmp_path):
+    tool = python_module(
+        "controller",
+        "keys",
+        "desk-a",
+        "--dir",
+        str(tmp_path / "k"),
+        "--allow",
+        str(tmp_path / "allowed"),
+    )
+    out, err = tool.communicate(timeout=30)
+    assert tool.returncode == 0, err
+    assert (tmp_path / "k" / "desk-a.key_secret").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "allowed" / "desk-a.key").read_bytes() == (
+        tmp_path / "k" / "desk-a.key"
+    ).read_bytes()
+    wait_for(lambda: security.load_key_pair(tmp_path / "k" / "desk-a.key_secret"), 1)
