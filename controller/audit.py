@@ -858,16 +858,20 @@ def run_listing(journal: Path, args: argparse.Namespace) -> int:
     filters = Filters(
         frozenset(args.account), frozenset(args.ticker), frozenset(args.source), args.since
     )
-    entries = list(audit_trail(read_journal(journal)))
-    listed = [entry for entry in entries if filters.keeps(entry) and filters.lines(entry)]
-    if args.csv:
-        return write_csv(listed, filters, args.output)
+    entries = audit_trail(read_journal(journal))
+    if args.csv:  # streamed: a long journal's blotter is never held in memory
+        return write_csv((e for e in entries if filters.keeps(e)), filters, args.output)
+    listed, total = [], 0
+    for entry in entries:
+        total += 1
+        if filters.keeps(entry) and filters.lines(entry):
+            listed.append(entry)
     console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
-    console.print(audit_table(journal, listed, filters, len(entries)))
+    console.print(audit_table(journal, listed, filters, total))
     return EXIT_OK
 
 
-def write_csv(entries: list[AuditEntry], filters: Filters, output: str | None) -> int:
+def write_csv(entries: Iterable[AuditEntry], filters: Filters, output: str | None) -> int:
     """Write the blotter to `output` or stdout."""
     if output is None:
         write_blotter(sys.stdout, entries, filters)

@@ -36,6 +36,9 @@ REJECT_RECORD = "R"
 
 Input = Fill | Split | Rejection
 
+REJECTIONS_LOGGED_IN_FULL = 20
+REJECTION_LOG_EVERY = 1000
+
 
 class Engine:
     """Book + sequencer + journal: the whole controller minus sockets and clocks."""
@@ -54,6 +57,7 @@ class Engine:
         self.journal = journal
         self.deadletters = deadletters
         self.unidentified_rejections = 0
+        self._rejections_logged = 0
         self._outbox: list[list[bytes]] = []
         self._touched: set[str] = set()
 
@@ -66,7 +70,7 @@ class Engine:
             if rejection.source is None or rejection.seq is None:
                 self._dead_letter(raw, rejection)
                 self.unidentified_rejections += 1
-                log.warning("rejected a message: %s", rejection.reason)
+                self._log_rejection("rejected a message: %s", rejection.reason)
                 self._outbox.append(event(TOPIC_REJECTED, {"reason": rejection.reason}))
                 return
             item = rejection
@@ -101,6 +105,20 @@ class Engine:
             for source, seq in self.sequencer.last_seq.items()
         ]
 
+    def _log_rejection(self, message: str, *args: object) -> None:
+        """Log the first rejections one by one, then one line per thousand (floods)."""
+        self._rejections_logged += 1
+        count = self._rejections_logged
+        if count <= REJECTIONS_LOGGED_IN_FULL:
+            log.warning(message, *args)
+        elif count % REJECTION_LOG_EVERY == 0:
+            log.warning(
+                message + " (%d rejections since start; logging one in %d)",
+                *args,
+                count,
+                REJECTION_LOG_EVERY,
+            )
+
     def _dead_letter(self, raw: bytes, rejection: Rejection) -> None:
         if self.deadletters is not None:
             self.deadletters.write(raw, rejection)
@@ -128,7 +146,7 @@ class Engine:
         else:
             self.book.count_rejection()
             if publish:
-                log.warning("rejected %s#%d: %s", item.source, item.seq, item.reason)
+                self._log_rejection("rejected %s#%d: %s", item.source, item.seq, item.reason)
                 body = {"reason": item.reason, "source": item.source, "seq": item.seq}
                 self._outbox.append(event(TOPIC_REJECTED, body))
 

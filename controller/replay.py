@@ -43,6 +43,7 @@ from controller.policies import (
     BOOK,
     POLICIES,
     VALUATIONS,
+    Deviation,
     PolicyRun,
     deviations_bps,
     run_policy,
@@ -262,7 +263,7 @@ def account_rows(run: PolicyRun) -> dict[str, dict[str, Any]]:
     deviations = deviations_bps(values, run.portfolio.targets)
     rows = {}
     for account in sorted(values):
-        tracking = run.by_account[account]
+        tracking = run.by_account.get(account, Deviation())  # none if no fill since it joined
         rows[account] = {
             "positions": dict(run.portfolio.shares[account]),
             "value": values[account] / PRICE_SCALE,

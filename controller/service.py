@@ -23,7 +23,9 @@ from controller.engine import Engine
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 2048  # messages drained per journal commit
+BATCH_MAX = 2048  # messages drained per journal commit, at most
+BATCH_SECONDS = 0.005  # and at most this long, so no event waits long for its commit
+BATCH_CLOCK_EVERY = 64  # messages between looks at the clock
 TRANSPORT_MAX_MESSAGE = 16 * MAX_MESSAGE_BYTES  # beyond this ZeroMQ drops the peer itself
 PUB_HWM = 100_000
 
@@ -103,13 +105,20 @@ class ControllerService:
         return received
 
     def drain(self) -> int:
-        """Read what is waiting (up to a batch), commit it once, publish its events."""
+        """Read what is waiting (up to a batch), commit it once, publish its events.
+
+        A batch ends at BATCH_MAX messages or BATCH_SECONDS, whichever comes first, so a
+        flood of bad input cannot hold a good fill's allocation back for long.
+        """
         pull, receive = self.pull, self.engine.receive
         count = 0
+        deadline = time.perf_counter() + BATCH_SECONDS
         try:
             while count < BATCH_MAX:
                 receive(pull.recv(zmq.NOBLOCK))
                 count += 1
+                if count % BATCH_CLOCK_EVERY == 0 and time.perf_counter() > deadline:
+                    break
         except zmq.Again:
             pass
         send = self.pub.send_multipart

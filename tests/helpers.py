@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
-from common.protocol import read_event
+from common.protocol import DEFAULT_TICKERS, read_event
+from controller.engine import FILL_RECORD
+from controller.journal import read_records
+from fillsim.market import Market
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,3 +122,18 @@ class Running:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def expected_shares(seeds: list[int], count: int) -> dict[str, int]:
+    """The shares the fill servers send: their streams are reproducible from the seed."""
+    totals = Counter()
+    for seed in seeds:
+        market = Market(DEFAULT_TICKERS, seed)
+        for _ in range(count):
+            ticker, _, quantity = market.next_fill()
+            totals[ticker] += quantity
+    return {t: totals[t] for t in DEFAULT_TICKERS}
+
+
+def journal_fills(path) -> list[tuple[str, int]]:
+    return [(r[1], r[2]) for _, r in read_records(path) if r[0] == FILL_RECORD]

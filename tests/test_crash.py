@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import re
 import signal
-from collections import Counter
 
 import pytest
 import zmq
-from helpers import Running, collect, python_module, wait_for
+from helpers import Running, collect, expected_shares, journal_fills, python_module, wait_for
 
 from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS
-from controller.engine import FILL_RECORD, recover
-from controller.journal import read_records
-from fillsim.market import Market
+from controller.engine import recover
 
 FILLS_PER_SERVER = 50_000
 KILLS = 3
-
-
-def expected_shares(seeds: list[int], count: int) -> dict[str, int]:
-    """The shares the fill servers send: their streams are reproducible from the seed."""
-    totals = Counter()
-    for seed in seeds:
-        market = Market(DEFAULT_TICKERS, seed)
-        for _ in range(count):
-            ticker, _, quantity = market.next_fill()
-            totals[ticker] += quantity
-    return {t: totals[t] for t in DEFAULT_TICKERS}
-
-
-def journal_fills(path) -> list[tuple[str, int]]:
-    return [(r[1], r[2]) for _, r in read_records(path) if r[0] == FILL_RECORD]
 
 
 @pytest.mark.timeout(600)

@@ -143,6 +143,17 @@ def test_fills_before_the_first_split_wait_for_it():
         assert run.portfolio.shares == {"a": {"AAPL": 5}, "b": {"AAPL": 5}}
 
 
+def test_an_account_that_joins_at_the_last_split_is_reported(tmp_path, capsys):
+    path = tmp_path / "late.csv"
+    path.write_text(
+        "type,ticker,price,quantity,splits\n"
+        "split,,,,a=50;b=50\nfill,AAPL,10,4,\nsplit,,,,a=40;b=40;c=20\n"
+    )
+    accounts = replay_json(capsys, path, "--policy", "both")["policies"][EXACT]["accounts"]
+    assert accounts["c"]["weight"] == 0 and accounts["c"]["target"] == 20
+    assert accounts["c"]["max_abs_bps"] == 0  # no fill since it joined: no samples yet
+
+
 # -- bad input -----------------------------------------------------------------------------
 SPLIT_LINE = '{"type": "split", "splits": {"a": 60, "b": 40}}'
 
