@@ -306,12 +306,11 @@ def test_bad_settings_exit_2_with_a_message(tmp_path, capsys):
 def test_live_on_a_pipe_falls_back_to_plain_and_records(tmp_path):
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    pub.bind("tcp://127.0.0.1:*")
+    endpoint = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
     path = tmp_path / "positions.sqlite"
     server = Running(
-        python_module(
-            "positions", "--controller", f"tcp://127.0.0.1:{port}", "--live", "--record", str(path)
-        )
+        python_module("positions", "--controller", endpoint, "--live", "--record", str(path))
     )
     try:
         seq = 0
@@ -322,8 +321,11 @@ def test_live_on_a_pipe_falls_back_to_plain_and_records(tmp_path):
             pub.send_multipart(event(TOPIC_POSITIONS, engine_snapshot(FILLS, [SPLIT], seq=seq)))
             if not path.exists():
                 return False
-            with sqlite3.connect(path) as db:
-                return db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] > 0
+            try:  # the server may have created the file but not yet its schema
+                with sqlite3.connect(path) as db:
+                    return db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] > 0
+            except sqlite3.OperationalError:
+                return False
 
         wait_for(recorded, 15, "a recorded snapshot")
         server.process.send_signal(signal.SIGTERM)
