@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from common import config, logs
+from common import config
 from common.lifecycle import StopFlag
 
 log = logging.getLogger("launcher")
@@ -275,13 +275,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        config.resolve(args, DEFAULTS, "launcher")
-    except config.ConfigError as exc:
-        print(f"launcher: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("launcher", args.log_level)
+    args = config.settings(parser(), argv, DEFAULTS, "launcher")
     if args.fill_servers < 1:
         log.error("--fill-servers must be at least 1")
         return 2

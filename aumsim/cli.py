@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import zmq
 
 from aumsim.service import AumSimulator
 from aumsim.splits import BASIS_POINTS, account_names
-from common import config, logs, security
+from common import config, security
 from common.lifecycle import StopFlag
 from common.sender import ReliableSender, session_source
 
@@ -44,13 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        config.resolve(args, DEFAULTS, "aumsim")
-    except config.ConfigError as exc:
-        print(f"aumsim: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("aumsim", args.log_level)
+    args = config.settings(parser(), argv, DEFAULTS, "aumsim")
     if args.interval <= 0 or not 1 <= args.accounts <= BASIS_POINTS:
         log.error("--interval must be > 0 and --accounts from 1 to %d", BASIS_POINTS)
         return 2

@@ -4,9 +4,14 @@ one process's own; command-line flags override both."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from common import logs
 
 
 class ConfigError(ValueError):
@@ -55,12 +60,61 @@ def _own_keys(args: argparse.Namespace, section: str) -> list[str]:
     return list(own) if isinstance(own, dict) else []
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """--config and --log-level, which every process takes."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    add_log_level(parser, default=None)
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: str | None = "INFO") -> None:
+    shown = default or "INFO"
     parser.add_argument(
         "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         type=str.upper,
-        help="logging threshold (default INFO)",
+        default=default,
+        help=f"logging threshold (default {shown})",
     )
+
+
+def settings(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    defaults: dict[str, Any],
+    section: str,
+    check: Callable[[argparse.Namespace], None] | None = None,
+) -> argparse.Namespace:
+    """Parse flags, fill the rest from the config file, start logging.
+
+    Bad settings end the process with exit code 2 and one line saying why, as argparse does.
+    """
+    args = parser.parse_args(argv)
+    try:
+        resolve(args, defaults, section)
+        if check is not None:
+            check(args)
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    logs.setup(section, args.log_level)
+    return args
+
+
+def run_tool_or(
+    argv: list[str] | None, tools: dict[str, str], serve: Callable[[list[str]], int]
+) -> int:
+    """`python -m PROCESS TOOL ...` runs a tool module's main(); anything else is `serve`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in tools:
+        return importlib.import_module(tools[argv[0]]).main(argv[1:])
+    return serve(argv)
+
+
+def ticker_list(text: str) -> list[str]:
+    """argparse type for --tickers: a comma-separated list of at least one ticker."""
+    tickers = [t.strip() for t in text.split(",") if t.strip()]
+    if not tickers:
+        raise argparse.ArgumentTypeError("at least one ticker is needed")
+    return tickers

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from common import logs
+from common import config, logs
 from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Fill, Split
 from controller.allocator import allocate
 from controller.book import Allocation, Book
@@ -795,13 +795,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against", metavar="BLOTTER", help="with --verify: also compare with this blotter"
     )
-    p.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        default="WARNING",
-        help="logging threshold (default WARNING)",
-    )
+    config.add_log_level(p, default="WARNING")
     return p
 
 

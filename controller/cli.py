@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import sys
 import time
 from pathlib import Path
 
 import zmq
 
-from common import config, logs, security
+from common import config, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
 from controller.deadletter import DeadLetters
@@ -50,19 +48,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--journal", metavar="PATH", help="journal file (checkpoint and dead letters beside it)"
     )
-    p.add_argument("--tickers", type=_ticker_list, metavar="T1,T2,...")
+    p.add_argument("--tickers", type=config.ticker_list, metavar="T1,T2,...")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, help="journal sync policy (default always)")
     p.add_argument("--fsync-interval", type=float, metavar="SECONDS")
     p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
     security.add_flags(p, server=True)
     return p
-
-
-def _ticker_list(text: str) -> list[str]:
-    tickers = [t.strip() for t in text.split(",") if t.strip()]
-    if not tickers:
-        raise argparse.ArgumentTypeError("at least one ticker is needed")
-    return tickers
 
 
 #: `python -m controller NAME ...` runs a tool instead of the controller; each module has main().
@@ -74,21 +65,12 @@ TOOLS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-    return serve(argv)
+    return config.run_tool_or(argv, TOOLS, serve)
 
 
 def serve(argv: list[str]) -> int:
     """Run the controller until SIGINT/SIGTERM."""
-    args = parser().parse_args(argv)
-    try:
-        config.resolve(args, DEFAULTS, "controller")
-    except config.ConfigError as exc:
-        print(f"controller: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("controller", args.log_level)
+    args = config.settings(parser(), argv, DEFAULTS, "controller")
     if args.snapshot_interval <= 0:
         log.error("--snapshot-interval must be > 0, got %s", args.snapshot_interval)
         return 2

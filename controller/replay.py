@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from common import logs
+from common import config, logs
 from common.protocol import (
     DEFAULT_TICKERS,
     FILL,
@@ -420,27 +420,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default=FORMATS[0], help="table or JSON")
     p.add_argument(
         "--tickers",
-        type=ticker_list,
+        type=config.ticker_list,
         default=list(DEFAULT_TICKERS),
         metavar="T1,T2,...",
         help="the ticker universe fills are validated against (default: the controller's)",
     )
-    p.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        default="WARNING",
-        help="logging threshold (default WARNING)",
-    )
+    config.add_log_level(p, default="WARNING")
     return p
-
-
-def ticker_list(text: str) -> list[str]:
-    """--tickers: a comma-separated list, at least one."""
-    tickers = [t.strip() for t in text.split(",") if t.strip()]
-    if not tickers:
-        raise argparse.ArgumentTypeError("at least one ticker is needed")
-    return tickers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import zmq
 
-from common import config, logs, security
+from common import config, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
 from common.sender import ReliableSender, session_source
@@ -41,19 +40,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, metavar="PER_SECOND", help="steady rate (load tests)")
     p.add_argument("--count", type=int, metavar="N", help="stop after N acknowledged fills")
     p.add_argument("--seed", type=int, metavar="N", help="seed for a reproducible stream")
-    p.add_argument("--tickers", type=lambda s: [t for t in s.split(",") if t], metavar="T1,...")
+    p.add_argument("--tickers", type=config.ticker_list, metavar="T1,...")
     security.add_flags(p, server=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        config.resolve(args, DEFAULTS, "fillsim")
-    except config.ConfigError as exc:
-        print(f"fillsim: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("fillsim", args.log_level)
+    args = config.settings(parser(), argv, DEFAULTS, "fillsim")
     if args.interval <= 0 or (args.rate is not None and args.rate <= 0):
         log.error("--interval and --rate must be > 0")
         return 2

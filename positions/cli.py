@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 import zmq
 from rich.console import Console
 
-from common import config, logs, security
+from common import config, security
 from common.lifecycle import StopFlag
 from positions.live import LiveDisplay
 from positions.record import DEFAULT_RECORD, Recorder, RecordError
@@ -107,22 +106,12 @@ def check_settings(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a tool (`report`) if named first, else the position server."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-    return serve(argv)
+    return config.run_tool_or(argv, TOOLS, serve)
 
 
 def serve(argv: list[str]) -> int:
     """Run the position server until SIGINT/SIGTERM; 2 for bad settings or record file."""
-    args = parser().parse_args(argv)
-    try:
-        config.resolve(args, DEFAULTS, "positions")
-        check_settings(args)
-    except config.ConfigError as exc:
-        print(f"positions: {exc}", file=sys.stderr)
-        return 2
-    logs.setup("positions", args.log_level)
+    args = config.settings(parser(), argv, DEFAULTS, "positions", check_settings)
     console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
     live = wants_live(args.live, sys.stdout.isatty())
     try:

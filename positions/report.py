@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from common import logs
+from common import config, logs
 from common.protocol import Fill, Rejection, Split
 from controller.book import Book
 from controller.engine import from_record
@@ -293,13 +293,7 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--journal", metavar="PATH", help="controller journal to replay instead")
     p.add_argument("--run", metavar="INSTANCE", help="one controller run of the record")
     p.add_argument("--output", metavar="FILE.png", required=True, help="PNG file to write")
-    p.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        default="INFO",
-        help="logging threshold (default INFO)",
-    )
+    config.add_log_level(p, default="INFO")
     return p
 
 

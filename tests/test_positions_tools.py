@@ -297,10 +297,14 @@ def test_report_exits_2_when_the_source_is_missing_or_empty(tmp_path, capsys, so
 def test_bad_settings_exit_2_with_a_message(tmp_path, capsys):
     settings = tmp_path / "fillalloc.toml"
     settings.write_text('[positions]\nalert_bps = "lots"\n')
-    assert cli.main(["--config", str(settings), "--no-record"]) == 2
-    assert "alert_bps must be a number" in capsys.readouterr().err
-    assert cli.main(["--live", "--format", "json", "--no-record"]) == 2
-    assert "--live" in capsys.readouterr().err
+    for argv, says in (
+        (["--config", str(settings), "--no-record"], "alert_bps must be a number"),
+        (["--live", "--format", "json", "--no-record"], "--live"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+        assert exited.value.code == 2
+        assert says in capsys.readouterr().err
 
 
 def test_live_on_a_pipe_falls_back_to_plain_and_records(tmp_path):
