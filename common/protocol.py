@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import msgpack
@@ -34,6 +35,8 @@ MAX_NAME_LENGTH = 128  # source and account names
 MAX_ACCOUNTS = 10_000
 SPLIT_TOTAL = 100
 SPLIT_TOLERANCE = 0.01  # percentage points; splits within it are normalised exactly
+PERCENT_DECIMALS = 6
+PERCENT_SCALE = 10**PERCENT_DECIMALS
 
 
 class Rejection(ValueError):
@@ -153,6 +156,36 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
         raise
 
 
+def percent_value(percent: int | float) -> Fraction:
+    """What a percent in a split means, exactly: the decimal it was written as when it has at
+    most PERCENT_DECIMALS places (23.34 is 2334/100), else its exact binary value."""
+    if type(percent) is float and round(percent * PERCENT_SCALE) / PERCENT_SCALE == percent:
+        return Fraction(round(percent * PERCENT_SCALE), PERCENT_SCALE)
+    return Fraction(percent)
+
+
+def _exact_percents(percents: list[int | float]) -> tuple[list[int], int]:
+    """Percentages as integer numerators over one denominator, without rounding anything.
+
+    A percent written with at most PERCENT_DECIMALS decimals means that decimal (23.34 is
+    2334/100, not the binary float nearest to it); otherwise its exact binary value is used.
+    """
+    units = []
+    for percent in percents:
+        if type(percent) is int:
+            units.append(percent * PERCENT_SCALE)
+            continue
+        scaled = round(percent * PERCENT_SCALE)
+        if scaled / PERCENT_SCALE != percent:
+            break
+        units.append(scaled)
+    else:
+        return units, PERCENT_SCALE
+    ratios = [p.as_integer_ratio() for p in percents]
+    denominator = math.lcm(*(d for _, d in ratios))
+    return [n * (denominator // d) for n, d in ratios], denominator
+
+
 def _size_reason(raw: bytes) -> str:
     return f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
 
@@ -239,7 +272,6 @@ def build_split(source: str, seq: int, splits: Any) -> Split:
         raise Rejection("splits is empty: at least one account is needed")
     if len(splits) > MAX_ACCOUNTS:
         raise Rejection(f"splits has {len(splits)} accounts, over the {MAX_ACCOUNTS} limit")
-    ratios = []
     for account, percent in splits.items():
         _check_name("account name", account)
         if type(percent) not in (int, float):
@@ -248,14 +280,14 @@ def build_split(source: str, seq: int, splits: Any) -> Split:
             raise Rejection(f"percent for account {account!r} must be finite, got {percent!r}")
         if percent < 0:
             raise Rejection(f"percent for account {account!r} is negative ({percent!r})")
-        ratios.append(percent.as_integer_ratio())
-    denominator = math.lcm(*(d for _, d in ratios))
-    numerators = [n * (denominator // d) for n, d in ratios]
+    numerators, denominator = _exact_percents(list(splits.values()))
     total = sum(numerators)
     # |total/denominator - 100| <= SPLIT_TOLERANCE, exactly (tolerance is 1/100).
     if abs(100 * total - 100 * SPLIT_TOTAL * denominator) > denominator:
         shown = sum(float(p) for p in splits.values())
         raise Rejection(f"percentages sum to {shown:.6g}, not 100 (tolerance {SPLIT_TOLERANCE})")
+    common = math.gcd(*numerators)  # smaller weights, same fractions: faster allocation
+    numerators = [n // common for n in numerators]
     rows = sorted(zip(splits, numerators, splits.values(), strict=True))
     return Split(
         source,

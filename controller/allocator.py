@@ -32,7 +32,7 @@ from decimal import Decimal
 from fractions import Fraction
 from numbers import Rational
 
-__all__ = ["allocate", "allocate_integral", "WEIGHT_SUM_TOLERANCE"]
+__all__ = ["allocate", "allocate_integral", "name_ranks", "WEIGHT_SUM_TOLERANCE"]
 
 _INFINITY = float("inf")
 
@@ -76,7 +76,8 @@ def allocate(
         total = float(Fraction(weight_sum, weight_den))
         raise ValueError(f"weights must sum to 1 (within {WEIGHT_SUM_TOLERANCE}), got {total!r}")
 
-    shares = allocate_integral(accounts, money[:-1], weight_nums, money[-1], quantity)
+    ranks = list(range(len(accounts)))  # `accounts` is already sorted by name
+    shares = allocate_integral(accounts, money[:-1], weight_nums, money[-1], quantity, ranks)
     return dict(zip(accounts, shares, strict=True))
 
 
@@ -86,54 +87,77 @@ def allocate_integral(
     weights: Sequence[int],
     price: int,
     quantity: int,
+    ranks: Sequence[int] | None = None,
 ) -> list[int]:
     """The exact core on integers, for callers that already keep integer state.
 
     `values` and `price` are integers in one common unit (e.g. micro-dollars); `weights` are
-    non-negative integers in any common unit (the target fraction of account i is
-    weights[i] / sum(weights)). `accounts` must be distinct; they break ties (smallest name
-    first). Returns shares per account, in the order given. Arguments are trusted.
+    non-negative integers in any common unit, not all zero (the target fraction of account i
+    is weights[i] / sum(weights)). `accounts` must be distinct; they break ties (smallest
+    name first). `ranks`, each account's position in name order, may be passed by callers
+    that keep it. Returns shares per account, in the order given. Arguments are trusted.
     """
-    weight_total = sum(weights)
+    count = len(accounts)
+    if ranks is None:
+        ranks = name_ranks(accounts)
     # E_i(k) scaled by 2 * weight_total (and by the common value unit) is
     #   alpha_i - h + 2*h*k,  alpha_i = 2*W*a_i - 2*c_i*(A + b*q),  h = W*b.
+    two_w = 2 * sum(weights)
     grand = 2 * (sum(values) + price * quantity)
-    two_w = 2 * weight_total
-    candidates = sorted(
-        (two_w * value - weight * grand, account, index)
-        for index, (account, value, weight) in enumerate(
-            zip(accounts, values, weights, strict=True)
-        )
-        if weight > 0
-    )
-    two_h = 2 * weight_total * price
+    members = [i for i in range(count) if weights[i]]
+    alphas = [two_w * values[i] - weights[i] * grand for i in members]
+    two_h = two_w * price
     h2q = two_h * quantity
-
+    active, prefix = len(alphas), sum(alphas)
     # Water level: the largest m such that the m-th cheapest account still gets a
     # non-negative continuous share, g(m) = 2hq + S_m - m*alpha_m >= 0 (g is non-increasing).
-    active = 0
+    # Usually every account qualifies, which needs no sort.
+    if h2q + prefix - active * max(alphas) < 0:
+        members, alphas, prefix = _active_accounts(members, alphas, ranks, h2q)
+        active = len(alphas)
+
+    shares = [0] * count
+    denominator = two_h * active
+    base = h2q + prefix
+    keys = []  # largest fractional part first, then name order: one int per account
+    placed = 0
+    for i, alpha in zip(members, alphas, strict=True):
+        whole, remainder = divmod(base - active * alpha, denominator)
+        shares[i] = whole
+        placed += whole
+        keys.append(ranks[i] - remainder * count)
+    # Fewer than `active` shares remain; each goes to a different account, largest
+    # fractional part first (that is the smallest next marginal cost), ties by name.
+    left = quantity - placed
+    if left:
+        by_rank = {ranks[i]: i for i in members}
+        for key in heapq.nsmallest(left, keys):
+            shares[by_rank[key % count]] += 1
+    return shares
+
+
+def name_ranks(accounts: Sequence[str]) -> list[int]:
+    """Each account's position when the names are sorted (the tie-break order)."""
+    ranks = [0] * len(accounts)
+    for rank, index in enumerate(sorted(range(len(accounts)), key=accounts.__getitem__)):
+        ranks[index] = rank
+    return ranks
+
+
+def _active_accounts(
+    members: list[int], alphas: list[int], ranks: Sequence[int], h2q: int
+) -> tuple[list[int], list[int], int]:
+    """The accounts below the water level (cheapest first), their alphas and alpha sum."""
+    ordered = sorted(zip(alphas, (ranks[i] for i in members), members, strict=True))
     prefix = 0
-    for alpha, _, _ in candidates:
+    active = 0
+    for alpha, _, _ in ordered:
         if h2q + prefix + alpha - (active + 1) * alpha < 0:
             break
         prefix += alpha
         active += 1
-
-    shares = [0] * len(accounts)
-    denominator = two_h * active
-    base = h2q + prefix
-    leftovers = []
-    placed = 0
-    for alpha, account, index in candidates[:active]:
-        whole, remainder = divmod(base - active * alpha, denominator)
-        shares[index] = whole
-        placed += whole
-        leftovers.append((-remainder, account, index))
-    # Fewer than `active` shares remain; each goes to a different account, largest
-    # fractional part first (that is the smallest next marginal cost), ties by name.
-    for _, _, index in heapq.nsmallest(quantity - placed, leftovers):
-        shares[index] += 1
-    return shares
+    chosen = ordered[:active]
+    return [i for _, _, i in chosen], [alpha for alpha, _, _ in chosen], prefix
 
 
 def _check_quantity(quantity: object) -> None:

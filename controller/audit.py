@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common import config, logs
-from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Fill, Split
+from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Fill, Split, percent_value
 from controller.allocator import allocate
 from controller.book import Allocation, Book
 from controller.engine import Input, from_record
@@ -337,7 +337,7 @@ def write_blotter(out: TextIO, entries: Iterable[AuditEntry], filters: Filters) 
 # -- verification: allocations -------------------------------------------------------------
 def independent_allocation(entry: AuditEntry) -> dict[str, int]:
     """The fill re-allocated with the public allocate() on exact fractions, zeros left out."""
-    percents = [Fraction(percent) for percent in entry.split.percents]
+    percents = [percent_value(percent) for percent in entry.split.percents]
     percent_total = sum(percents)
     weights = {
         account: percent / percent_total

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.protocol import PRICE_SCALE, Fill, Split, build_split
-from controller.allocator import allocate_integral
+from controller.allocator import allocate_integral, name_ranks
 
 STATE_VERSION = 1
 
@@ -32,6 +32,7 @@ class Book:
         self.tickers = tuple(tickers)
         self.accounts: list[str] = []
         self._index: dict[str, int] = {}
+        self._ranks: list[int] = []  # tie-break order of the accounts (by name)
         self.values: list[int] = []  # book value per account, micro-units
         self.positions: list[dict[str, int]] = []  # shares per ticker per account
         self.weights: list[int] = []  # current split, aligned with accounts (0 = not in it)
@@ -69,7 +70,7 @@ class Book:
 
     def _allocate(self, fill: Fill) -> Allocation:
         shares = allocate_integral(
-            self.accounts, self.values, self.weights, fill.price_units, fill.quantity
+            self.accounts, self.values, self.weights, fill.price_units, fill.quantity, self._ranks
         )
         given = {}
         ticker, price = fill.ticker, fill.price_units
@@ -89,6 +90,7 @@ class Book:
             self.values.append(0)
             self.positions.append({})
             self.weights.append(0)
+            self._ranks = name_ranks(self.accounts)
 
     # -- views ---------------------------------------------------------------------------
     def total_shares(self) -> dict[str, int]:

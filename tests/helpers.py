@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import zmq
@@ -137,3 +138,11 @@ def expected_shares(seeds: list[int], count: int) -> dict[str, int]:
 
 def journal_fills(path) -> list[tuple[str, int]]:
     return [(r[1], r[2]) for _, r in read_records(path) if r[0] == FILL_RECORD]
+
+
+def meant(percent) -> Fraction:
+    """What a split percent means: its decimal when it has at most 6 places, else its
+    exact binary value (written independently of common.protocol, to check it)."""
+    if isinstance(percent, float) and round(percent * 10**6) / 10**6 == percent:
+        return Fraction(repr(percent))
+    return Fraction(percent)

@@ -239,7 +239,7 @@ def test_verify_against_a_matching_blotter_counts_its_fills(journal, tmp_path, c
 
 
 def test_verify_checks_the_book_against_an_independent_allocate(journal, capsys, monkeypatch):
-    def first_account_takes_all(accounts, values, weights, price, quantity):
+    def first_account_takes_all(accounts, values, weights, price, quantity, ranks=None):
         return [quantity] + [0] * (len(accounts) - 1)
 
     monkeypatch.setattr(book_module, "allocate_integral", first_account_takes_all)

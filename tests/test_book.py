@@ -6,6 +6,7 @@ from fractions import Fraction
 
 import msgpack
 import pytest
+from helpers import meant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ class Reference:
         self.pending: list[Fill] = []
 
     def apply_split(self, percents: dict[str, float]) -> list[dict[str, int]]:
-        exact = {a: Fraction(p) for a, p in percents.items()}
+        exact = {a: meant(p) for a, p in percents.items()}
         total = sum(exact.values())
         self.weights = {a: p / total for a, p in exact.items()}
         for account in percents:

@@ -7,6 +7,7 @@ import re
 from fractions import Fraction
 
 import pytest
+from helpers import meant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -449,9 +450,9 @@ def test_split_with_zero_percent_account_is_kept():
 def assert_exactly_normalised(split: Split, splits: dict) -> None:
     """Each weight share is exactly the given percent over the exact given total."""
     total = sum(split.weights)
-    exact_total = sum(Fraction(p) for p in splits.values())
+    exact_total = sum(meant(p) for p in splits.values())
     for account, weight in zip(split.accounts, split.weights, strict=True):
-        assert Fraction(weight, total) == Fraction(splits[account]) / exact_total
+        assert Fraction(weight, total) == meant(splits[account]) / exact_total
     assert math.isclose(sum(split.target_percent().values()), 100, rel_tol=0, abs_tol=1e-9)
 
 
@@ -460,6 +461,18 @@ def test_split_summing_to_99_995_is_accepted_and_normalised_exactly():
     assert math.isclose(sum(splits.values()), 99.995)
     split = decode_input(pack(split_body(splits)), TICKERS)
     assert_exactly_normalised(split, splits)
+
+
+def test_split_of_thirds_at_two_decimals_is_accepted():
+    # 33.33 means 33.33: the sum is 99.99, inside the tolerance (its binary value is not).
+    splits = {"a": 33.33, "b": 33.33, "c": 33.33}
+    split = decode_input(pack(split_body(splits)), TICKERS)
+    assert split.weights == (1, 1, 1)
+
+
+def test_percent_with_more_decimals_is_used_at_its_exact_value():
+    splits = {"a": 100 / 3, "b": 100 / 3, "c": 100 - 200 / 3}
+    assert_exactly_normalised(decode_input(pack(split_body(splits)), TICKERS), splits)
 
 
 def test_split_50_49_995_is_accepted_and_normalised_exactly():
