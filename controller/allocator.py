@@ -25,7 +25,6 @@ its target until all q shares are placed.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -131,7 +130,8 @@ def allocate_integral(
     left = quantity - placed
     if left:
         by_rank = {ranks[i]: i for i in members}
-        for key in heapq.nsmallest(left, keys):
+        keys.sort()  # in C, faster here than a heap in Python for any account count
+        for key in keys[:left]:
             shares[by_rank[key % count]] += 1
     return shares
 

@@ -74,12 +74,13 @@ class Book:
         )
         given = {}
         ticker, price = fill.ticker, fill.price_units
+        values, positions, accounts = self.values, self.positions, self.accounts
         for i, count in enumerate(shares):
             if count:
-                self.values[i] += count * price
-                held = self.positions[i]
+                values[i] += count * price
+                held = positions[i]
                 held[ticker] = held.get(ticker, 0) + count
-                given[self.accounts[i]] = count
+                given[accounts[i]] = count
         self.fills_allocated += 1
         return Allocation(fill, given)
 
