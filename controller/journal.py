@@ -114,34 +114,45 @@ def read_records(
     if not path.exists():
         return
     with open(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < len(HEADER):
-        if HEADER.startswith(data):  # died while writing the header
-            if repair:
-                _truncate(path, 0, "an incomplete header")
+        header = handle.read(len(HEADER))
+        _check_header(path, header, repair)
+        if len(header) < len(HEADER):
             return
-        raise JournalCorrupt(f"{path}: not a journal (bad header)")
-    if data[: len(MAGIC)] != MAGIC:
-        raise JournalCorrupt(f"{path}: not a journal (bad magic at offset 0)")
-    if data[len(MAGIC)] != FORMAT_VERSION:
-        raise JournalCorrupt(f"{path}: journal format version {data[len(MAGIC)]} is not supported")
-    offset = max(start, len(HEADER))
-    size = len(data)
+        base = max(start, len(HEADER))  # only what follows the checkpoint is read
+        handle.seek(base)
+        data = handle.read()
+    offset, size = 0, len(data)
     while offset < size:
         problem = _record_problem(data, offset, size)
         if problem is None:
             length = RECORD_HEADER.unpack_from(data, offset)[0]
             end = offset + RECORD_HEADER.size + length
             record = msgpack.unpackb(data[offset + RECORD_HEADER.size : end], raw=False)
-            yield end, record
+            yield base + end, record
             offset = end
             continue
         torn, why = problem
         if torn:
             if repair:
-                _truncate(path, offset, why)
+                _truncate(path, base + offset, why)
             return
-        raise JournalCorrupt(f"{path}: corrupt record at offset {offset}: {why}")
+        raise JournalCorrupt(f"{path}: corrupt record at offset {base + offset}: {why}")
+
+
+def _check_header(path: Path, header: bytes, repair: bool) -> None:
+    """JournalCorrupt unless `header` is this format's (or a header cut short by a crash)."""
+    if len(header) < len(HEADER):
+        if HEADER.startswith(header):  # died while writing the header
+            if repair:
+                _truncate(path, 0, "an incomplete header")
+            return
+        raise JournalCorrupt(f"{path}: not a journal (bad header)")
+    if header[: len(MAGIC)] != MAGIC:
+        raise JournalCorrupt(f"{path}: not a journal (bad magic at offset 0)")
+    if header[len(MAGIC)] != FORMAT_VERSION:
+        raise JournalCorrupt(
+            f"{path}: journal format version {header[len(MAGIC)]} is not supported"
+        )
 
 
 def _record_problem(data: bytes, offset: int, size: int) -> tuple[bool, str] | None:

@@ -1,0 +1,159 @@
+"""Allocator: calls per second and microseconds per call of `allocate` (the public API, float
+inputs) and `allocate_integral` (the engine's integer hot path), for 10 to 10,000 accounts
+and quantities 1 to 10**9; the time should not depend on the quantity.
+
+    python bench/allocator.py [--quick] [--accounts ...] [--quantities ...] [--repeat R]
+
+Each figure is the best of R repeats of a timeit loop long enough to take --min-seconds.
+"""
+
+from __future__ import annotations
+
+import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.path)
+
+# isort: split
+import random
+import sys
+import timeit
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from bench.common import SPLIT_SOURCE, Run, console, make_split, parser, print_table, resolve
+from common.protocol import build_split
+from controller.allocator import allocate, allocate_integral, name_ranks
+
+PRICE_CENTS = 12_345  # $123.45
+
+
+def book(accounts: int, seed: int = 3) -> dict[str, Any]:
+    """A book near its targets ($1bn, each account within 1% of its split), in both forms:
+    floats for `allocate`, and for `allocate_integral` the integers the engine keeps (split
+    weights from build_split, micro-dollar values, name ranks)."""
+    percents = make_split(accounts)
+    split = build_split(SPLIT_SOURCE, 1, percents)
+    names = list(split.accounts)
+    rng = random.Random(seed)
+    cents = {a: round(percents[a] * 10**7 * (1 + rng.uniform(-0.01, 0.01))) for a in names}
+    return {
+        "names": names,
+        "values": {a: cents[a] / 100 for a in names},  # dollars
+        "weights": {a: percents[a] / 100 for a in names},  # fractions
+        "price": PRICE_CENTS / 100,
+        "values_units": [cents[a] * 10_000 for a in names],  # micro-dollars
+        "weights_units": list(split.weights),
+        "ranks": name_ranks(names),
+        "price_units": PRICE_CENTS * 10_000,
+    }
+
+
+def best_per_call(call: Callable[[], object], repeat: int, min_seconds: float) -> float:
+    """Seconds per call: the best of `repeat` timeit loops of at least `min_seconds`."""
+    timer = timeit.Timer(call)
+    number = 1
+    while (elapsed := timer.timeit(number)) < min_seconds:
+        number = max(number * 2, int(number * min_seconds / max(elapsed, 1e-9) * 1.1))
+    return min(timer.repeat(repeat=repeat, number=number)) / number
+
+
+def spread_of(times: list[float]) -> float | None:
+    return max(times) / min(times) if times else None
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1_000, 10_000])
+    p.add_argument("--quantities", type=int, nargs="+", default=[1, 10**3, 10**6, 10**9])
+    p.add_argument("--repeat", type=int, help="repeats, best taken (7; quick 3)")
+    p.add_argument("--min-seconds", type=float, help="per timeit loop (0.2; quick 0.01)")
+    args = resolve(p.parse_args(), repeat=(3, 7), min_seconds=(0.01, 0.2))
+    run = Run("allocator", args)
+    results: dict[str, Any] = {"runs": []}
+    rows, summary = [], []
+    for accounts in args.accounts:
+        b = book(accounts)
+        per_q = []
+        for q in args.quantities:
+            public_call = partial(allocate, b["values"], b["weights"], b["price"], q)
+            integral_call = partial(
+                allocate_integral,
+                b["names"],
+                b["values_units"],
+                b["weights_units"],
+                b["price_units"],
+                q,
+                b["ranks"],
+            )
+            shares, exact = public_call(), integral_call()
+            if sum(shares.values()) != q or exact != [shares[a] for a in b["names"]]:
+                raise RuntimeError(f"allocations of {q} shares differ or do not add up")
+            public = best_per_call(public_call, args.repeat, args.min_seconds)
+            integral = best_per_call(integral_call, args.repeat, args.min_seconds)
+            given = sum(1 for x in exact if x)
+            per_q.append((public, integral, given == accounts))
+            results["runs"].append(
+                {
+                    "accounts": accounts,
+                    "quantity": q,
+                    "accounts_given_shares": given,
+                    "allocate_us": public * 1e6,
+                    "allocate_per_s": 1 / public,
+                    "allocate_integral_us": integral * 1e6,
+                    "allocate_integral_per_s": 1 / integral,
+                }
+            )
+            rows.append(
+                [
+                    accounts,
+                    q,
+                    public * 1e6,
+                    1 / public,
+                    integral * 1e6,
+                    1 / integral,
+                    given,
+                ]
+            )
+        console.print(f"  {accounts:,} accounts: done")
+        spread = {
+            "accounts": accounts,
+            "allocate": spread_of([t[0] for t in per_q]),
+            "allocate_integral": spread_of([t[1] for t in per_q]),
+            "allocate_all_given": spread_of([t[0] for t in per_q if t[2]]),
+            "allocate_integral_all_given": spread_of([t[1] for t in per_q if t[2]]),
+        }
+        results.setdefault("q_spread", []).append(spread)
+        summary.append([accounts, *list(spread.values())[1:]])
+    print_table(
+        f"Allocator: microseconds per call and calls per second (best of {args.repeat}, gc off)",
+        [
+            "accounts",
+            "q",
+            "allocate us",
+            "allocate /s",
+            "integral us",
+            "integral /s",
+            "accts given shares",
+        ],
+        rows,
+        caption="q = 1 touches only the accounts furthest below target; from q ~ accounts on, "
+        "every account gets shares and the time stops changing with q",
+    )
+    print_table(
+        "Does the time depend on q?  max/min over q = "
+        + ", ".join(f"{q:,}" for q in args.quantities),
+        [
+            "accounts",
+            "allocate max/min",
+            "integral max/min",
+            "allocate, all given",
+            "integral, all given",
+        ],
+        summary,
+        caption="all given: only the q for which every account gets shares",
+    )
+    run.finish(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

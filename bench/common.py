@@ -1,0 +1,561 @@
+"""Code shared by the benchmarks: machine info, results, tables, deadlines, subprocesses
+(the controller and the bare PULL in bench/bare.py) on ipc:// endpoints, and messages.
+
+Every wait here ends on a message, a poll or a deadline; none is a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+from rich.console import Console
+from rich.table import Table
+
+from common.protocol import (
+    DEFAULT_TICKERS,
+    TOPIC_ACK,
+    TOPIC_POSITIONS,
+    fill_message,
+    pack,
+    split_message,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+SPLIT_SOURCE = "bench-aum"
+FILL_SOURCE = "bench-fills"
+
+# Wide enough for the tables when the output is a file or a pipe (rich assumes 80 then).
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+Frames = list[bytes]
+
+
+# -- command line, machine, results, tables ------------------------------------------------
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes)")
+    p.add_argument("--note", action="append", default=[], help="a remark kept in the result")
+    return p
+
+
+def resolve(args: argparse.Namespace, **sizes: tuple[Any, Any]) -> argparse.Namespace:
+    """Fill each option left at None with its (quick, full) default."""
+    for name, (quick, full) in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpuinfo_field("model name"),
+        "memory_mb": _meminfo_kb("MemTotal") // 1024,
+        "loadavg": list(os.getloadavg()),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "tmp_filesystem": filesystem_of(tempfile.gettempdir()),
+        "git": _git_revision(),
+    }
+
+
+def _cpuinfo_field(field: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == field:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def _meminfo_kb(field: str) -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def filesystem_of(path: str | Path) -> str | None:
+    """The filesystem type of the mount holding `path` (fsync is free on tmpfs)."""
+    path = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, fstype, *_ = line.split()
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+                best
+            ):
+                best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def _git_revision() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}{'+dirty' if dirty else ''}" if head else None
+
+
+class Run:
+    """One benchmark run: machine info at the start, the JSON result file at the end."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.name = name
+        self.params = {k: v for k, v in vars(args).items()}
+        self.machine = machine_info()
+        self.started = datetime.now(UTC)
+        self.clock = time.perf_counter()
+        console.print(
+            f"[bold]{name}[/] {'(quick) ' if args.quick else ''}on {self.machine['cpu_model']} "
+            f"x{self.machine['cpu_count']}, Python {self.machine['python']}, "
+            f"load {self.machine['loadavg'][0]:.2f}"
+        )
+
+    def finish(self, results: dict[str, Any]) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.name}-{self.started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        revision = _git_revision()
+        if revision != self.machine["git"]:
+            console.print(
+                f"[red]the code changed during the run: {self.machine['git']} -> {revision}"
+            )
+        body = {
+            "benchmark": self.name,
+            "started_utc": self.started.isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - self.clock, 3),
+            "machine": self.machine,
+            "loadavg_end": list(os.getloadavg()),
+            "git_end": revision,
+            "params": self.params,
+            "results": results,
+        }
+        path.write_text(json.dumps(body, indent=2) + "\n")
+        console.print(f"result written to {path.relative_to(ROOT)}")
+        return path
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Numbers for tables: thousands separators, `digits` significant-ish decimals."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0 or abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:,.1f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None
+) -> None:
+    widest = max(len(title), len(caption or ""))
+    table = Table(
+        title=title,
+        caption=caption,
+        title_justify="left",
+        caption_justify="left",
+        min_width=min(widest, console.width),
+    )
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(fmt(cell) for cell in row))
+    console.print(table)
+
+
+def percentiles(values: Sequence[float], points: Sequence[float]) -> list[float]:
+    """Nearest-rank percentiles (points in 0..100) of `values`."""
+    ordered = sorted(values)
+    n = len(ordered)
+    return [ordered[min(n - 1, max(0, math.ceil(p * n / 100) - 1))] for p in points]
+
+
+# -- deadlines and processes ---------------------------------------------------------------
+class Deadline:
+    """A time limit for a wait; also fails early if a watched process has died."""
+
+    def __init__(self, seconds: float, what: str, watch: Iterable[Proc] = ()) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+        self.what = what
+        self.watch = list(watch)
+
+    def ms(self, cap: int = 100) -> int:
+        """Milliseconds to wait next (at most `cap`); raises once time is up."""
+        for proc in self.watch:
+            proc.check()
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"timed out after {self.seconds} s waiting for {self.what}")
+        return max(1, min(cap, int(left * 1000)))
+
+
+class Proc:
+    """A subprocess run from the project root; stderr (and stdout unless piped) to a log."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        workdir: Path,
+        name: str,
+        pipe_stdout: bool = False,
+        merge_stderr: bool = False,
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.spawned = time.perf_counter()
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE if pipe_stdout else self._log,
+            stderr=subprocess.STDOUT if merge_stderr else self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def pid(self) -> int:
+        """The process measured: the child itself, unless it only wraps it (see Controller)."""
+        return self.process.pid
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def check(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            tail = "\n".join(self.log_text().splitlines()[-20:])
+            raise RuntimeError(f"{self.name} exited with code {code}:\n{tail}")
+
+    def read_line(self, deadline: Deadline) -> str:
+        """The next line of the child's stdout (started with pipe_stdout)."""
+        stream = self.process.stdout
+        while not select.select([stream], [], [], deadline.ms() / 1000)[0]:
+            pass
+        line = stream.readline().decode()
+        if not line:
+            self.check()
+            raise RuntimeError(f"{self.name} closed its stdout")
+        return line.strip()
+
+    def status_kb(self, field: str = "VmRSS") -> int:
+        """A memory figure (VmRSS, VmHWM, ...) from /proc/PID/status, in kB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (a clean stop for the controller), then SIGKILL if it does not go."""
+        if self.process.poll() is None:
+            try:
+                pid = self.pid
+            except (OSError, RuntimeError):  # a wrapper whose child is already gone
+                pid = self.process.pid
+            os.kill(pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    """A temporary directory for sockets, journals and logs, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fillbench-") as path:
+        yield Path(path)
+
+
+def endpoint(directory: Path, name: str) -> str:
+    return f"ipc://{directory}/{name}"
+
+
+class Controller(Proc):
+    """`python -m controller` on ipc:// endpoints in `directory`, journal there by default."""
+
+    def __init__(
+        self,
+        directory: Path,
+        snapshot_interval: float,
+        fsync: str = "always",
+        checkpoint_interval: float = 60.0,
+        journal: Path | None = None,
+        name: str = "controller",
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        self.wrapped = bool(wrapper)
+        self._pid: int | None = None
+        self.inputs = endpoint(directory, f"{name}-in")
+        self.publish = endpoint(directory, f"{name}-pub")
+        self.journal = journal or directory / f"{name}.journal"
+        argv = [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "controller",
+            "--inputs",
+            self.inputs,
+            "--publish",
+            self.publish,
+            "--snapshot-interval",
+            str(snapshot_interval),
+            "--journal",
+            str(self.journal),
+            "--fsync",
+            fsync,
+            "--checkpoint-interval",
+            str(checkpoint_interval),
+        ]
+        super().__init__(argv, directory, name)
+
+    @property
+    def pid(self) -> int:
+        """The controller's pid, also when a wrapper (py-spy record --) started it."""
+        if not self.wrapped:
+            return self.process.pid
+        if self._pid is None:
+            tasks = Path(f"/proc/{self.process.pid}/task")
+            children = [
+                int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()
+            ]
+            if len(children) != 1:
+                raise RuntimeError(f"{self.name}: wrapper has children {children}, expected one")
+            self._pid = children[0]
+        return self._pid
+
+
+class Bare(Proc):
+    """bench/bare.py: a sink (PULL + decode N) or a forwarder (PULL -> PUB as-is)."""
+
+    def __init__(self, directory: Path, mode: str, count: int = 0) -> None:
+        self.inputs = endpoint(directory, f"{mode}-in")
+        self.publish = endpoint(directory, f"{mode}-pub")
+        argv = [sys.executable, str(BENCH / "bare.py"), mode, "--inputs", self.inputs]
+        argv += ["--publish", self.publish] if mode == "forward" else ["--count", str(count)]
+        super().__init__(argv, directory, mode, pipe_stdout=True)
+
+    def wait_ready(self, seconds: float = 30.0) -> None:
+        line = self.read_line(Deadline(seconds, f"{self.name} to bind", [self]))
+        if line != "ready":
+            raise RuntimeError(f"{self.name} said {line!r}, expected 'ready'")
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        return json.loads(self.read_line(Deadline(seconds, f"{self.name}'s result", [self])))
+
+
+# -- sockets and events --------------------------------------------------------------------
+class Client:
+    """The benchmark's own ZeroMQ context and sockets (closed with linger 0)."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+
+    def push(self, address: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)  # an endpoint bound later is found quickly
+        sock.connect(address)
+        return sock
+
+    def sub(self, address: str, *topics: bytes) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)
+        sock.setsockopt(zmq.RCVHWM, 0)  # keep everything: the bench decides what is stale
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(address)
+        return sock
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def drain(sock: zmq.Socket, timeout_ms: int = 0) -> list[Frames]:
+    """Every multipart message waiting on `sock`, waiting up to `timeout_ms` for the first."""
+    batch: list[Frames] = []
+    if sock.poll(timeout_ms):
+        recv = sock.recv_multipart
+        try:
+            while True:
+                batch.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+    return batch
+
+
+def decode(frames: Frames) -> dict[str, Any]:
+    return msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
+
+
+def ack_for(source: str, seq: int) -> Callable[[Frames], bool]:
+    """Matches an ack covering `seq` from `source`."""
+
+    def match(frames: Frames) -> bool:
+        if frames[0] != TOPIC_ACK:
+            return False
+        body = decode(frames)
+        return body["source"] == source and body["seq"] >= seq
+
+    return match
+
+
+def send_until(
+    push: zmq.Socket,
+    sub: zmq.Socket,
+    raw: bytes,
+    match: Callable[[Frames], bool],
+    deadline: Deadline,
+    every_ms: int = 10,
+    observe: Callable[[list[Frames], float], None] | None = None,
+) -> float:
+    """Send `raw` (again every `every_ms`: it must be harmless to repeat, e.g. a duplicate
+    seq) until an event matching `match` arrives; returns its perf_counter arrival time.
+    `observe(batch, arrived)` sees every drained batch.
+
+    Resending covers the SUB's slow join: an answer published before our subscription
+    reached the publisher is lost, the next one is not.
+    """
+    while True:
+        with contextlib.suppress(zmq.Again):  # not connected yet and the queue is full
+            push.send(raw, zmq.NOBLOCK)
+        if sub.poll(deadline.ms(every_ms)):
+            arrived = time.perf_counter()
+            batch = drain(sub)
+            if observe is not None:
+                observe(batch, arrived)
+            if any(match(frames) for frames in batch):
+                return arrived
+
+
+def wait_positions(
+    sub: zmq.Socket,
+    fills: int,
+    deadline: Deadline,
+    observe: Callable[[list[Frames], float], None] | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """Wait for a positions snapshot counting at least `fills` allocated fills.
+
+    Returns its arrival time (perf_counter) and the snapshot; `observe(batch, arrived)` sees
+    every drained batch first. Only the newest snapshot of a batch is decoded (counts only
+    grow), so a backlog of big snapshots does not delay the answer.
+    """
+    while True:
+        if not sub.poll(deadline.ms()):
+            continue
+        arrived = time.perf_counter()
+        batch = drain(sub)
+        if observe is not None:
+            observe(batch, arrived)
+        snapshots = [frames for frames in batch if frames[0] == TOPIC_POSITIONS]
+        if snapshots:
+            snapshot = decode(snapshots[-1])
+            if snapshot["counts"]["fills"] >= fills:
+                return arrived, snapshot
+
+
+def connect_with_split(
+    client: Client, controller: Controller, accounts: int, *topics: bytes
+) -> tuple[zmq.Socket, zmq.Socket]:
+    """PUSH + SUB (acks and `topics`) to `controller`, with a split of `accounts` applied."""
+    push = client.push(controller.inputs)
+    sub = client.sub(controller.publish, TOPIC_ACK, *topics)
+    raw = pack(split_message(SPLIT_SOURCE, 1, make_split(accounts)))
+    deadline = Deadline(60, f"the controller to ack a {accounts}-account split", [controller])
+    send_until(push, sub, raw, ack_for(SPLIT_SOURCE, 1), deadline)
+    return push, sub
+
+
+# -- messages ------------------------------------------------------------------------------
+def account_names(count: int) -> list[str]:
+    return [f"acct-{i:05d}" for i in range(count)]
+
+
+def make_split(accounts: int, seed: int = 1) -> dict[str, float]:
+    """Random percents > 0 with two decimals summing to exactly 100 (as aumsim sends)."""
+    if not 1 <= accounts <= 10_000:
+        raise ValueError("1 to 10,000 accounts")
+    rng = random.Random(seed)
+    raw = [rng.random() + 0.5 for _ in range(accounts)]
+    spare = 10_000 - accounts  # basis points beyond the 1 each account gets
+    points = [1 + int(spare * r / sum(raw)) for r in raw]
+    for i in range(10_000 - sum(points)):
+        points[i % accounts] += 1
+    return {name: p / 100 for name, p in zip(account_names(accounts), points, strict=True)}
+
+
+def fill_fields(count: int, seed: int = 7) -> Iterator[tuple[str, int, int]]:
+    """(ticker, price in cents, quantity) for `count` fills: block sizes up to 10,000."""
+    rng = random.Random(seed)
+    tickers = DEFAULT_TICKERS
+    for _ in range(count):
+        yield rng.choice(tickers), rng.randint(1_000, 50_000), rng.randint(1, 10_000)
+
+
+def fill_raws(count: int, source: str = FILL_SOURCE, first_seq: int = 1) -> Iterator[bytes]:
+    """Packed fill messages with seq first_seq, first_seq + 1, ... (lazily; list() to pre-pack)."""
+    for seq, (ticker, cents, quantity) in enumerate(fill_fields(count), first_seq):
+        yield pack(fill_message(source, seq, ticker, cents / 100, quantity))

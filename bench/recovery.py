@@ -1,0 +1,295 @@
+"""Recovery: `recover()` over a journal of 1,000,000 fills without a checkpoint and with one
+taken near the end; the real controller's restart with that checkpoint (spawn until it
+answers); and its RSS before and after 1,000,000 more fills.
+
+    python bench/recovery.py [--quick] [--fills N] [--tail N] [--accounts K]
+
+The journal is written with JournalWriter (fsync by interval, to write it quickly): one
+split, then fills seq 1..N from one source, as controller.engine.to_record makes them. The
+checkpoint is write_checkpoint of the state `recover()` reaches on the first N - tail fills.
+"""
+
+from __future__ import annotations
+
+import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.path)
+
+# isort: split
+import re
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    FILL_SOURCE,
+    SPLIT_SOURCE,
+    Client,
+    Controller,
+    Deadline,
+    Frames,
+    Run,
+    ack_for,
+    console,
+    fill_fields,
+    fill_raws,
+    fmt,
+    make_split,
+    parser,
+    print_table,
+    resolve,
+    send_until,
+    wait_positions,
+    workdir,
+)
+from common.protocol import (
+    DEFAULT_TICKERS,
+    TOPIC_ACK,
+    TOPIC_POSITIONS,
+    Fill,
+    Split,
+    build_split,
+    fill_message,
+    pack,
+)
+from controller.engine import recover, to_record
+from controller.journal import JournalWriter, write_checkpoint
+
+COMMIT_EVERY = 10_000
+RSS_SOURCE = "bench-rss"
+RECOVERED_LOG = re.compile(r"recovered (\d+) journal records in ([0-9.]+) s")
+
+
+def append_fills(
+    path: Path, fills: Iterable[tuple[int, tuple[str, int, int]]], split: Split | None = None
+) -> int:
+    """Append (split and) fills to the journal at `path`; returns its size afterwards."""
+    writer = JournalWriter(path, "interval", fsync_interval=1.0)
+    if split is not None:
+        writer.append(to_record(split))
+    for seq, (ticker, cents, quantity) in fills:
+        writer.append(to_record(Fill(FILL_SOURCE, seq, ticker, cents * 10_000, quantity)))
+        if seq % COMMIT_EVERY == 0:
+            writer.commit()
+    writer.close()
+    return path.stat().st_size
+
+
+def timed(call, *args):
+    started = time.perf_counter()
+    result = call(*args)
+    return time.perf_counter() - started, result
+
+
+def probe(seq: int) -> bytes:
+    """A fill with `seq` from the journal's source: resent until acked, it is applied once
+    (seq 1 on an empty journal) or is a duplicate that changes nothing (the last seq)."""
+    return pack(fill_message(FILL_SOURCE, seq, "AAPL", 1.0, 1))
+
+
+def restart(directory: Path, journal: Path, snapshot_interval: float, seq: int) -> dict[str, Any]:
+    """Spawn the controller on `journal`; time until it acks probe(seq) (resent every 5 ms
+    until answered) and until its first positions snapshot arrives."""
+    first_snapshot: list[float] = []
+
+    def observe(batch: list[Frames], arrived: float) -> None:
+        if not first_snapshot and any(frames[0] == TOPIC_POSITIONS for frames in batch):
+            first_snapshot.append(arrived)
+
+    with (
+        Controller(directory, snapshot_interval, journal=journal, name="restart") as controller,
+        Client() as client,
+    ):
+        push = client.push(controller.inputs)
+        sub = client.sub(controller.publish, TOPIC_ACK, TOPIC_POSITIONS)
+        deadline = Deadline(600, "the restarted controller to answer", [controller])
+        answered = send_until(
+            push, sub, probe(seq), ack_for(FILL_SOURCE, seq), deadline, 5, observe
+        )
+        rss, hwm = controller.status_kb("VmRSS"), controller.status_kb("VmHWM")
+        if not first_snapshot:
+            wait_positions(sub, 0, deadline, observe)
+        spawned = controller.spawned
+    found = RECOVERED_LOG.search(controller.log_text())
+    return {
+        "answer_s": answered - spawned,
+        "first_snapshot_s": first_snapshot[0] - spawned,
+        "recovery_logged_s": float(found.group(2)) if found else None,
+        "records_replayed": int(found.group(1)) if found else None,
+        "rss_kb": rss,
+        "vmhwm_kb": hwm,
+    }
+
+
+def rss_run(
+    directory: Path,
+    journal: Path,
+    snapshot_interval: float,
+    fills_before: int,
+    count: int,
+) -> dict[str, Any]:
+    """Start the controller on the journal + checkpoint, then send `count` more fills from a
+    new source; VmRSS when it answers, every count/10 fills sent, and once all are allocated
+    (a positions snapshot counts them)."""
+    with (
+        Controller(directory, snapshot_interval, journal=journal, name="rss") as controller,
+        Client() as client,
+    ):
+        push = client.push(controller.inputs)
+        sub = client.sub(controller.publish, TOPIC_ACK, TOPIC_POSITIONS)
+        deadline = Deadline(600, "the controller to answer", [controller])
+        send_until(push, sub, probe(fills_before), ack_for(FILL_SOURCE, fills_before), deadline)
+        samples = [(0, controller.status_kb("VmRSS"))]
+        step = max(1, count // 10)
+        send = push.send
+        started = time.perf_counter()
+        for i, raw in enumerate(fill_raws(count, RSS_SOURCE), 1):
+            send(raw)
+            if i % step == 0:
+                samples.append((i, controller.status_kb("VmRSS")))
+        total = fills_before + count
+        deadline = Deadline(120 + count / 100, f"a snapshot with {total:,} fills", [controller])
+        done, snapshot = wait_positions(sub, total, deadline)
+        after = controller.status_kb("VmRSS")
+        hwm = controller.status_kb("VmHWM")
+    return {
+        "fills": count,
+        "seconds": done - started,
+        "rate": count / (done - started),
+        "rss_kb_samples": samples,
+        "rss_kb_before": samples[0][1],
+        "rss_kb_after": after,
+        "vmhwm_kb": hwm,
+        "snapshot_counts": snapshot["counts"],
+    }
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--fills", type=int, help="fills in the journal (1,000,000; quick 50,000)")
+    p.add_argument("--tail", type=int, help="fills after the checkpoint (10,000; quick 1,000)")
+    p.add_argument("--accounts", type=int, default=10)
+    p.add_argument("--repeat", type=int, help="timings with the checkpoint (5; quick 2)")
+    p.add_argument("--restarts", type=int, help="controller restarts (3; quick 2)")
+    p.add_argument("--rss-fills", type=int, help="fills sent for RSS (1,000,000; quick 50,000)")
+    p.add_argument("--snapshot-interval", type=float, default=0.2)
+    args = resolve(
+        p.parse_args(),
+        fills=(50_000, 1_000_000),
+        tail=(1_000, 10_000),
+        repeat=(2, 5),
+        restarts=(2, 3),
+        rss_fills=(50_000, 1_000_000),
+    )
+    run = Run("recovery", args)
+    tickers = list(DEFAULT_TICKERS)
+    results: dict[str, Any] = {}
+    rows = []
+    with workdir() as directory:
+        journal = directory / "controller.journal"
+        checkpoint = journal.with_name(journal.name + ".checkpoint")  # where the controller looks
+        split = build_split(SPLIT_SOURCE, 1, make_split(args.accounts))
+        fields = enumerate(fill_fields(args.fills), 1)
+        head = args.fills - args.tail
+
+        seconds, offset = timed(append_fills, journal, islice(fields, head), split)
+        rows.append([f"write journal: split + {head:,} fills", seconds, ""])
+        seconds, (engine, replayed) = timed(recover, journal, None, tickers)
+        rows.append([f"recover() {replayed:,} records (to build the checkpoint)", seconds, ""])
+        seconds, _ = timed(write_checkpoint, checkpoint, offset, engine.state())
+        rows.append([f"write_checkpoint at offset {offset:,}", seconds, ""])
+        seconds, size = timed(append_fills, journal, fields)
+        rows.append([f"write journal: {args.tail:,} more fills", seconds, ""])
+        saved_checkpoint = checkpoint.read_bytes()
+        console.print(
+            f"journal {size / 1e6:.1f} MB, checkpoint {len(saved_checkpoint) / 1e3:.1f} kB"
+        )
+
+        full_s, (full, replayed_full) = timed(recover, journal, None, tickers)
+        if full.book.fills_allocated != args.fills or replayed_full != args.fills + 1:
+            raise RuntimeError(f"replayed {replayed_full}, {full.book.fills_allocated} fills")
+        rows.append(
+            [
+                f"recover() without checkpoint: {replayed_full:,} records",
+                full_s,
+                f"{replayed_full / full_s:,.0f} records/s",
+            ]
+        )
+        with_checkpoint = []
+        for _ in range(args.repeat):
+            seconds, (engine, replayed) = timed(recover, journal, checkpoint, tickers)
+            with_checkpoint.append(seconds)
+            if engine.book != full.book or engine.sequencer.last_seq != full.sequencer.last_seq:
+                raise RuntimeError("recovery from the checkpoint differs from the full replay")
+        rows.append(
+            [
+                f"recover() with checkpoint: {replayed:,} records (best of {args.repeat})",
+                min(with_checkpoint),
+                f"median {statistics.median(with_checkpoint):.3f} s; same book as full replay",
+            ]
+        )
+        read_s, _ = timed(journal.read_bytes)
+        rows.append(["  of which: reading the whole journal file (read_records does)", read_s, ""])
+        results["journal_bytes"] = size
+        results["checkpoint_bytes"] = len(saved_checkpoint)
+        results["recover_without_checkpoint_s"] = full_s
+        results["recover_with_checkpoint_s"] = with_checkpoint
+        results["records_after_checkpoint"] = replayed
+        results["read_journal_file_s"] = read_s
+        results["setup"] = [{"step": r[0], "seconds": r[1]} for r in rows[:4]]
+
+        empty = directory / "empty"
+        empty.mkdir()
+        baseline = restart(empty, empty / "controller.journal", args.snapshot_interval, 1)
+        restarts = []
+        for _ in range(args.restarts):
+            checkpoint.write_bytes(saved_checkpoint)  # a clean stop moves the checkpoint on
+            restarts.append(restart(directory, journal, args.snapshot_interval, args.fills))
+        results["restart_empty_journal"] = baseline
+        results["restart_with_checkpoint"] = restarts
+        answers = [r["answer_s"] for r in restarts]
+        rows.append(["controller restart, empty journal: spawn -> ack", baseline["answer_s"], ""])
+        best = min(restarts, key=lambda r: r["answer_s"])
+        rows.append(
+            [
+                f"controller restart with checkpoint: spawn -> ack (best of {args.restarts})",
+                best["answer_s"],
+                f"median {statistics.median(answers):.3f} s; logged recovery "
+                f"{best['recovery_logged_s']:.3f} s for {best['records_replayed']:,} records",
+            ]
+        )
+        rows.append(
+            [
+                "  spawn -> first positions snapshot",
+                best["first_snapshot_s"],
+                f"snapshot interval {args.snapshot_interval:g} s",
+            ]
+        )
+
+        checkpoint.write_bytes(saved_checkpoint)
+        rss = rss_run(directory, journal, args.snapshot_interval, args.fills, args.rss_fills)
+        results["rss"] = rss
+        after = rss["rss_kb_after"]
+    print_table(
+        f"Recovery: journal of {args.fills:,} fills, {args.accounts} accounts "
+        f"({size / 1e6:.1f} MB journal, {len(saved_checkpoint) / 1e3:.1f} kB checkpoint)",
+        ["step", "seconds", ""],
+        rows,
+    )
+    print_table(
+        f"Controller RSS while {args.rss_fills:,} more fills arrive "
+        f"(started from the checkpoint; {rss['rate']:,.0f} fills/s, --fsync always)",
+        ["fills sent", "VmRSS MB"],
+        [*([n, kb / 1024] for n, kb in rss["rss_kb_samples"]), ["all allocated", after / 1024]],
+        caption=f"VmRSS {fmt(rss['rss_kb_before'] / 1024)} -> {fmt(rss['rss_kb_after'] / 1024)}"
+        f" MB; peak (VmHWM) {fmt(rss['vmhwm_kb'] / 1024)} MB; after restart the peak was "
+        f"{fmt(best['vmhwm_kb'] / 1024)} MB",
+    )
+    run.finish(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
