@@ -146,3 +146,26 @@ def meant(percent) -> Fraction:
     if isinstance(percent, float) and round(percent * 10**6) / 10**6 == percent:
         return Fraction(repr(percent))
     return Fraction(percent)
+
+
+def start_controller(directory: Path, snapshot_interval: str = "0.2", *extra: str):
+    """A controller process on ipc:// endpoints in `directory`, journal there too.
+
+    Returns (running, inputs endpoint, publish endpoint).
+    """
+    inputs, publish = f"ipc://{directory}/in", f"ipc://{directory}/pub"
+    running = Running(
+        python_module(
+            "controller",
+            "--inputs",
+            inputs,
+            "--publish",
+            publish,
+            "--snapshot-interval",
+            snapshot_interval,
+            "--journal",
+            str(directory / "journal"),
+            *extra,
+        )
+    )
+    return running, inputs, publish

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import subprocess
 import sys
 import zlib
@@ -34,15 +33,6 @@ FILLS_BEFORE_CHECKPOINT = 30
 FILLS_AFTER_CHECKPOINT = 10
 SECOND_SPLIT_AFTER = 20  # fills
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The tools set up logging for a process; put the test runner's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 class Journal:

@@ -7,7 +7,15 @@ import signal
 
 import pytest
 import zmq
-from helpers import Running, collect, expected_shares, journal_fills, python_module, wait_for
+from helpers import (
+    Running,
+    collect,
+    expected_shares,
+    journal_fills,
+    python_module,
+    start_controller,
+    wait_for,
+)
 
 from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS
 from controller.engine import recover
@@ -18,30 +26,16 @@ KILLS = 3
 
 @pytest.mark.timeout(600)
 def test_sigkill_controller_mid_stream_loses_and_duplicates_nothing(tmp_path):
-    inputs, publish = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/pub"
     journal = tmp_path / "journal"
 
     def controller():
-        return Running(
-            python_module(
-                "controller",
-                "--inputs",
-                inputs,
-                "--publish",
-                publish,
-                "--snapshot-interval",
-                "0.5",
-                "--journal",
-                str(journal),
-                "--checkpoint-interval",
-                "1",
-            )
-        )
+        return start_controller(tmp_path, "0.5", "--checkpoint-interval", "1")
+
+    running, inputs, publish = controller()
 
     def sender(module, *args):
         return Running(python_module(module, "--controller", inputs, "--acks", publish, *args))
 
-    running = controller()
     senders = [
         sender("aumsim", "--count", "1", "--accounts", "7", "--seed", "5"),
         *(
@@ -70,7 +64,7 @@ def test_sigkill_controller_mid_stream_loses_and_duplicates_nothing(tmp_path):
             )
             running.process.send_signal(signal.SIGKILL)
             running.wait(10)
-            running = controller()
+            running = controller()[0]
 
         for each in senders:
             assert each.wait(240) == 0, each.stderr[-2000:]
@@ -118,21 +112,8 @@ def test_sigkill_controller_mid_stream_loses_and_duplicates_nothing(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_killing_and_restarting_peers_loses_and_duplicates_nothing(tmp_path):
-    inputs, publish = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/pub"
     journal = tmp_path / "journal"
-    controller = Running(
-        python_module(
-            "controller",
-            "--inputs",
-            inputs,
-            "--publish",
-            publish,
-            "--snapshot-interval",
-            "0.3",
-            "--journal",
-            str(journal),
-        )
-    )
+    controller, inputs, publish = start_controller(tmp_path, "0.3")
 
     def fillsim(*args):
         return Running(

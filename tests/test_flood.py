@@ -11,7 +11,7 @@ from subprocess import PIPE
 
 import pytest
 import zmq
-from helpers import Running, collect, python_module, wait_for
+from helpers import Running, collect, start_controller, wait_for
 
 from common.protocol import TOPIC_ALLOCATION, TOPIC_POSITIONS, fill_message, pack, split_message
 
@@ -29,20 +29,7 @@ while sent < 2_000_000 and time.monotonic() < deadline:
 
 @pytest.mark.timeout(180)
 def test_garbage_flood_does_not_stop_good_fills(ctx, tmp_path):
-    inputs, publish = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/pub"
-    controller = Running(
-        python_module(
-            "controller",
-            "--inputs",
-            inputs,
-            "--publish",
-            publish,
-            "--snapshot-interval",
-            "0.2",
-            "--journal",
-            str(tmp_path / "journal"),
-        )
-    )
+    controller, inputs, publish = start_controller(tmp_path)
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(publish)

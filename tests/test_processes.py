@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 import zmq
-from helpers import ROOT, Running, collect, pid_alive, python_module, wait_for
+from helpers import ROOT, Running, collect, pid_alive, start_controller, wait_for
 
 from common.protocol import (
     PRICE_SCALE,
@@ -22,25 +22,6 @@ from common.protocol import (
 )
 from controller.allocator import allocate
 from controller.engine import recover
-
-
-def start_controller(tmp_path, *extra):
-    inputs, publish = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/pub"
-    running = Running(
-        python_module(
-            "controller",
-            "--inputs",
-            inputs,
-            "--publish",
-            publish,
-            "--snapshot-interval",
-            "0.2",
-            "--journal",
-            str(tmp_path / "journal"),
-            *extra,
-        )
-    )
-    return running, inputs, publish
 
 
 def next_snapshot(sub, after_seq=0, timeout=10.0):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import runpy
 import subprocess
 import sys
@@ -37,15 +36,6 @@ BOOK_VALUE = "336,971,022.68"
 MARKET_VALUE = "336,781,219.39"
 BOOK_TRACKING = {EXACT: ("16.36", "404.93"), PRO_RATA: ("124.20", "505.68")}
 MARKET_TRACKING = {EXACT: ("16.38", "404.94"), PRO_RATA: ("124.24", "505.71")}
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The tools set up logging for a process; put the test runner's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def replay(*args: str) -> int:
