@@ -56,7 +56,7 @@ class Child:
     started_at: float = 0.0
     fast_failures: int = 0
     restart_at: float | None = None
-    finished: bool = False
+    stopped: bool = False  # set when the launcher stops it: not restarted
     restarts: int = 0
     partial: dict[int, bytes] = field(default_factory=dict)
 
@@ -75,20 +75,23 @@ class Supervisor:
         self.out = out
         self.err = err
         self.selector = selectors.DefaultSelector()
+        self.closed_outputs: set[TextIO] = set()
         self.width = max(len(c.name) for c in children)
 
     def run(self, stop: StopFlag) -> int:
-        for child in self.children:
-            self.start(child)
         code = 0
-        while not stop:
-            self.relay(LOOP_SLICE)
-            if not self.supervise():
-                code = 1
-                break
-        if stop:
-            log.info("stopping (%s)", stop.signal_name or "asked")
-        self.stop_all()
+        try:
+            for child in self.children:
+                self.start(child)
+            while not stop:
+                self.relay(LOOP_SLICE)
+                if not self.supervise():
+                    code = 1
+                    break
+            if stop:
+                log.info("stopping (%s)", stop.signal_name or "asked")
+        finally:  # whatever happened here, no child outlives the launcher
+            self.stop_all()
         return code
 
     def start(self, child: Child) -> None:
@@ -110,7 +113,7 @@ class Supervisor:
         """Notice exits and restart what is due; False when a child keeps failing."""
         now = time.monotonic()
         for child in self.children:
-            if child.finished:
+            if child.stopped:
                 continue
             if child.process is None:
                 if child.restart_at is not None and now >= child.restart_at:
@@ -123,10 +126,7 @@ class Supervisor:
                     child.fast_failures = 0
                 continue
             self.reap(child)
-            if code == 0:
-                log.info("%s finished (exit 0)", child.name)
-                child.finished = True
-                continue
+            # Every process here is a service: any exit, even a clean one, is restarted.
             if now - child.started_at < STARTED_AFTER:
                 child.fast_failures += 1
             if child.fast_failures >= MAX_FAST_FAILURES:
@@ -152,7 +152,7 @@ class Supervisor:
     def stop_all(self) -> None:
         """Reverse start order: SIGTERM the group, wait a grace period, then SIGKILL."""
         for child in reversed(self.children):
-            child.finished = True
+            child.stopped = True
             if child.process is None:
                 continue
             self._signal(child, signal.SIGTERM)
@@ -183,8 +183,9 @@ class Supervisor:
             lines = (child.partial.pop(stream.fileno(), b"") + data).split(b"\n")
             child.partial[stream.fileno()] = lines.pop()
             prefix = f"{child.name:<{self.width}} | "
-            target.write("".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines))
-            target.flush()
+            self._write(
+                target, "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
+            )
             try:
                 data = os.read(stream.fileno(), 65536)
             except BlockingIOError:
@@ -193,8 +194,18 @@ class Supervisor:
     def _flush_partial(self, stream, child: Child, target: TextIO) -> None:
         rest = child.partial.pop(stream.fileno(), b"")
         if rest:
-            target.write(f"{child.name:<{self.width}} | {rest.decode(errors='replace')}\n")
+            self._write(target, f"{child.name:<{self.width}} | {rest.decode(errors='replace')}\n")
+
+    def _write(self, target: TextIO, text: str) -> None:
+        """Relay output; if our own output is gone (a closed pipe), drop it and carry on."""
+        if target in self.closed_outputs:
+            return
+        try:
+            target.write(text)
             target.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.closed_outputs.add(target)
+            log.warning("output closed; children's output is no longer shown")
 
     @staticmethod
     def _signal(child: Child, signum: int) -> None:

@@ -47,8 +47,25 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any], section: str) ->
         raise ConfigError(f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
     for key, default in defaults.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, settings.get(key, default))
+            value = settings.get(key, default)
+            if key in settings and default is not None:
+                value = _typed(key, value, default, section)
+            setattr(args, key, value)
     return args
+
+
+def _typed(key: str, value: Any, default: Any, section: str) -> Any:
+    """A config file value checked against its default's type (ints allowed for floats)."""
+    expected = type(default)
+    if expected in (int, float) and type(value) in (int, float):
+        return float(value) if expected is float else value
+    if expected is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    if type(value) is expected and expected is not list:
+        return value
+    kinds = {list: "a list of strings", int: "a number", float: "a number", str: "a string"}
+    kind = kinds.get(expected, f"a {expected.__name__}")
+    raise ConfigError(f"[{section}] {key} must be {kind}, got {value!r}")
 
 
 def _own_keys(args: argparse.Namespace, section: str) -> list[str]:

@@ -136,6 +136,8 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
         raise Rejection(_size_reason(raw) if oversize else reason)
     try:
         source, seq = _read_identity(body)
+    except RecursionError:
+        raise Rejection(_NESTED) from None
     except Rejection as rejection:
         if oversize:
             raise Rejection(_size_reason(raw), rejection.source) from None
@@ -151,6 +153,8 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
         if kind is None:
             raise Rejection("missing field 'type'")
         raise Rejection(f"unknown message type {kind!r} (expected 'fill' or 'split')")
+    except RecursionError:
+        raise Rejection(_NESTED, source, seq) from None
     except Rejection as rejection:
         rejection.source, rejection.seq = source, seq
         raise
@@ -184,6 +188,9 @@ def _exact_percents(percents: list[int | float]) -> tuple[list[int], int]:
     ratios = [p.as_integer_ratio() for p in percents]
     denominator = math.lcm(*(d for _, d in ratios))
     return [n * (denominator // d) for n, d in ratios], denominator
+
+
+_NESTED = "message is nested too deeply to read"
 
 
 def _size_reason(raw: bytes) -> str:
@@ -280,6 +287,8 @@ def build_split(source: str, seq: int, splits: Any) -> Split:
             raise Rejection(f"percent for account {account!r} must be finite, got {percent!r}")
         if percent < 0:
             raise Rejection(f"percent for account {account!r} is negative ({percent!r})")
+        if percent > SPLIT_TOTAL + SPLIT_TOLERANCE:
+            raise Rejection(f"percent for account {account!r} is over {SPLIT_TOTAL} ({percent!r})")
     numerators, denominator = _exact_percents(list(splits.values()))
     total = sum(numerators)
     # |total/denominator - 100| <= SPLIT_TOLERANCE, exactly (tolerance is 1/100).

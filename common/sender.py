@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.protocol import MAX_NAME_LENGTH, TOPIC_ACK, pack, read_event
+from common.protocol import MAX_NAME_LENGTH, TOPIC_ACK, pack, read_event, unpack
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,10 @@ class ReliableSender:
             pass
 
     def _acknowledge(self, seq: int) -> None:
-        if seq <= self.acked:
+        if seq < self.acked:
+            self._start_new_session(seq)
+            return
+        if seq == self.acked:
             return
         if seq >= self.next_seq:
             log.error(
@@ -170,6 +173,29 @@ class ReliableSender:
         self.acked = seq
         self.sent_upto = max(self.sent_upto, seq)
         self._last_progress = self.clock()
+
+    def _start_new_session(self, seq: int) -> None:
+        """The controller went back to an earlier state (its journal lost acknowledged
+        messages, e.g. a power cut under fsync = "interval"). Its gap before our next seq can
+        never fill, so carry on as a new session, renumbering what is not yet acknowledged."""
+        previous, old = self.acked, self.source
+        bodies = [unpack(raw) for raw in self.outbox.values()]
+        self.source = session_source(old.rsplit("@", 1)[0], "")
+        self.outbox.clear()
+        self.next_seq, self.acked, self.sent_upto = 1, 0, 0
+        log.error(
+            "%s: controller acknowledged seq %d after %d: it lost messages %d..%d it had "
+            "acknowledged; continuing as %s with %d unacknowledged messages",
+            old,
+            seq,
+            previous,
+            seq + 1,
+            previous,
+            self.source,
+            len(bodies),
+        )
+        for body in bodies:
+            self.send(body)
 
     def _read_monitor(self) -> None:
         message = recv_monitor_message(self._monitor)

@@ -46,8 +46,11 @@ class Book:
     # -- changes -------------------------------------------------------------------------
     def apply_split(self, split: Split) -> list[Allocation]:
         """Make `split` the one in force; allocate any fills that were waiting for it."""
+        known = len(self.accounts)
         for account in split.accounts:
             self._ensure_account(account)
+        if len(self.accounts) != known:
+            self._ranks = name_ranks(self.accounts)  # once per split, not per new account
         self.weights = [0] * len(self.accounts)
         for account, weight in zip(split.accounts, split.weights, strict=True):
             self.weights[self._index[account]] = weight
@@ -91,7 +94,6 @@ class Book:
             self.values.append(0)
             self.positions.append({})
             self.weights.append(0)
-            self._ranks = name_ranks(self.accounts)
 
     # -- views ---------------------------------------------------------------------------
     def total_shares(self) -> dict[str, int]:
@@ -99,7 +101,7 @@ class Book:
         totals = dict.fromkeys(self.tickers, 0)
         for held in self.positions:
             for ticker, count in held.items():
-                totals[ticker] += count
+                totals[ticker] = totals.get(ticker, 0) + count
         return totals
 
     def snapshot(self) -> dict[str, Any]:
@@ -164,6 +166,7 @@ class Book:
         book = cls(state["tickers"])
         for account in state["accounts"]:
             book._ensure_account(account)
+        book._ranks = name_ranks(book.accounts)
         book.values = [int(v) for v in state["values"]]
         book.positions = [dict(p) for p in state["positions"]]
         if state["split"] is not None:

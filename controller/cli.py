@@ -64,6 +64,18 @@ TOOLS = {
 }
 
 
+def setting_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the settings, checked before the journal is touched."""
+    for name in ("snapshot_interval", "fsync_interval", "checkpoint_interval"):
+        if not getattr(args, name) > 0:
+            return f"{name} must be > 0, got {getattr(args, name)}"
+    if args.fsync not in FSYNC_POLICIES:
+        return f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {args.fsync!r}"
+    if not args.tickers:
+        return "tickers must name at least one ticker"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     return config.run_tool_or(argv, TOOLS, serve)
 
@@ -71,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 def serve(argv: list[str]) -> int:
     """Run the controller until SIGINT/SIGTERM."""
     args = config.settings(parser(), argv, DEFAULTS, "controller")
-    if args.snapshot_interval <= 0:
-        log.error("--snapshot-interval must be > 0, got %s", args.snapshot_interval)
+    problem = setting_problem(args)
+    if problem:
+        log.error("%s", problem)
         return 2
     journal_path = Path(args.journal)
     checkpoint_path = journal_path.with_name(journal_path.name + ".checkpoint")

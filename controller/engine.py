@@ -67,13 +67,27 @@ class Engine:
         try:
             item: Input = decode_input(raw, self.tickers)
         except Rejection as rejection:
-            if rejection.source is None or rejection.seq is None:
-                self._dead_letter(raw, rejection)
-                self.unidentified_rejections += 1
-                self._log_rejection("rejected a message: %s", rejection.reason)
-                self._outbox.append(event(TOPIC_REJECTED, {"reason": rejection.reason}))
-                return
-            item = rejection
+            self._reject(raw, rejection)
+            return
+        except Exception as exc:  # a validation bug must cost one message, never the process
+            log.exception("could not validate a message")
+            self._reject(raw, Rejection(f"could not be validated ({type(exc).__name__})"))
+            return
+        self._sequence(raw, item)
+
+    def _reject(self, raw: bytes, rejection: Rejection) -> None:
+        """A message that failed validation: answered and dead-lettered; with a readable
+        identity it goes through the sequencer so that its seq is consumed in order."""
+        if rejection.source is not None and rejection.seq is not None:
+            self._sequence(raw, rejection)
+            return
+        self._dead_letter(raw, rejection)
+        self.unidentified_rejections += 1
+        self._log_rejection("rejected a message: %s", rejection.reason)
+        self._outbox.append(event(TOPIC_REJECTED, {"reason": rejection.reason}))
+
+    def _sequence(self, raw: bytes, item: Input) -> None:
+        """Apply `item` (and whatever it releases) if it is its source's next message."""
         source = item.source
         ready = self.sequencer.offer(source, item.seq, item)
         self._touched.add(source)
@@ -91,9 +105,9 @@ class Engine:
         if self.deadletters is not None:
             self.deadletters.flush()
         last_seq = self.sequencer.last_seq
-        for source in self._touched:
-            if source in last_seq:
-                self._outbox.append(event(TOPIC_ACK, {"source": source, "seq": last_seq[source]}))
+        for source in self._touched:  # 0 for a source seen only behind a gap: "nothing yet"
+            acked = last_seq.get(source, 0)
+            self._outbox.append(event(TOPIC_ACK, {"source": source, "seq": acked}))
         self._touched.clear()
         events, self._outbox = self._outbox, []
         return events
@@ -199,6 +213,7 @@ def recover(
             log.warning("checkpoint is ahead of the journal (%d > %d); ignoring it", offset, size)
         else:
             book = Book.from_state(state["book"])
+            book.tickers = tuple(dict.fromkeys([*tickers, *book.tickers]))  # universe may grow
             engine = Engine(tickers, book=book, sequencer=Sequencer(state["last_seq"]))
             start = offset
     replayed = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -173,7 +174,7 @@ def test_out_of_order_arrival_gives_the_same_book_as_in_order(paths):
     run(shuffled, messages[0])
     events = run(shuffled, messages[2])  # f1 seq 2 before seq 1: held
     assert of(events, TOPIC_ALLOCATION) == []
-    assert of(events, TOPIC_ACK) == []  # nothing of f1 applied yet
+    assert of(events, TOPIC_ACK) == [{"source": "f1", "seq": 0}]  # nothing of f1 applied yet
     assert shuffled.sequencer.held == 1
     assert shuffled.snapshot()["counts"]["held"] == 1
     assert shuffled.snapshot()["counts"]["gaps"] == 1
@@ -478,3 +479,29 @@ def test_recovered_engine_with_a_new_journal_recovers_again(paths):
 def test_checkpoint_needs_a_journal(paths):
     with pytest.raises(RuntimeError, match="journal"):
         Engine(TICKERS).checkpoint(paths["checkpoint"])
+
+
+def test_deeply_nested_input_is_rejected_not_fatal():
+    engine = Engine(TICKERS)
+    nested = "x"
+    for _ in range(1000):
+        nested = [nested]
+    for body in ({"source": nested, "seq": 1}, {"source": "s", "seq": 1, "type": nested}):
+        engine.receive(msgpack.packb(body))
+    events = [read_event(frames) for frames in engine.commit()]
+    reasons = [body["reason"] for topic, body in events if topic == TOPIC_REJECTED]
+    assert reasons == ["message is nested too deeply to read"] * 2
+    assert engine.sequencer.last_seq == {"s": 1}  # the second one's seq was consumed
+
+
+def test_a_ticker_added_to_the_universe_after_a_checkpoint(tmp_path):
+    journal, checkpoint = tmp_path / "j", tmp_path / "j.checkpoint"
+    engine = Engine(["AAPL"], journal=JournalWriter(journal))
+    engine.receive(pack(split_message("aum", 1, {"A": 100})))
+    engine.commit()
+    engine.checkpoint(checkpoint)
+    engine.journal.close()
+    grown, _ = recover(journal, checkpoint, ["AAPL", "MSFT"])
+    grown.receive(pack(fill_message("f", 1, "MSFT", 10.0, 5)))
+    grown.commit()
+    assert grown.snapshot()["totals"]["positions"] == {"AAPL": 0, "MSFT": 5}

@@ -199,3 +199,12 @@ def test_keys_tool_writes_a_private_pair_and_allows_it(tmp_path):
         tmp_path / "k" / "desk-a.key"
     ).read_bytes()
     wait_for(lambda: security.load_key_pair(tmp_path / "k" / "desk-a.key_secret"), 1)
+
+
+def test_config_values_of_the_wrong_type_are_refused(tmp_path):
+    settings = tmp_path / "bad.toml"
+    settings.write_text('[controller]\nsnapshot_interval = "10"\n')
+    controller = python_module("controller", "--config", str(settings))
+    _, err = controller.communicate(timeout=30)
+    assert controller.returncode == 2
+    assert b"[controller] snapshot_interval must be a number, got '10'" in err

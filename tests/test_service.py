@@ -257,3 +257,31 @@ def test_watcher_reports_missed_snapshots():
     assert watcher.observe({"instance": "a", "seq": 5}) == ["missed 2 snapshot(s): #2 then #5"]
     assert watcher.missed == 2
     assert "restarted" in watcher.observe({"instance": "b", "seq": 1})[0]
+
+
+def test_sender_carries_on_as_a_new_session_when_the_controller_lost_its_acks(ctx, tmp_path):
+    # A controller that comes back knowing less than it acknowledged (here: a new, empty
+    # journal) can never fill the gap before the sender's next seq; the sender starts over.
+    clock = FakeClock()
+    first = make_service(ctx, ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"), clock)
+    endpoints = (first.inputs, first.publish)
+    sender = ReliableSender(ctx, "desk@00000000", *endpoints, clock=clock, resend_after=1.0)
+    sender.send(split_message("x", 0, {"A": 100}))
+    for _ in range(4):
+        sender.send(fill_message("x", 0, "AAPL", 10.0, 1))
+    pump_until(first, lambda: sender.pending == 0, sender)
+    first.close()
+    second = rebind(ctx, endpoints, clock)
+    sender.send(split_message("x", 0, {"A": 100}))
+    sender.send(fill_message("x", 0, "AAPL", 10.0, 7))
+
+    def delivered():
+        clock.advance(0.3)
+        return sender.pending == 0
+
+    pump_until(second, delivered, sender)
+    assert sender.source != "desk@00000000" and sender.source.startswith("desk@")
+    assert second.engine.sequencer.last_seq == {sender.source: 2}
+    assert second.engine.book.total_shares()["AAPL"] == 7
+    second.close()
+    sender.close()
