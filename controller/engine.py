@@ -25,7 +25,13 @@ from common.protocol import (
 )
 from controller.book import Allocation, Book
 from controller.deadletter import DeadLetters
-from controller.journal import JournalWriter, read_checkpoint, read_records, write_checkpoint
+from controller.journal import (
+    JournalCorrupt,
+    JournalWriter,
+    read_checkpoint,
+    read_records,
+    write_checkpoint,
+)
 from controller.sequencer import Sequencer
 
 log = logging.getLogger(__name__)
@@ -217,9 +223,18 @@ def recover(
             engine = Engine(tickers, book=book, sequencer=Sequencer(state["last_seq"]))
             start = offset
     replayed = 0
-    for _, record in read_records(journal_path, start, repair=True):
+    offset = start
+    for end, record in read_records(journal_path, start, repair=True):
+        source, seq = record[1], record[2]
+        expected = engine.sequencer.last_seq.get(source, 0) + 1
+        if seq != expected:  # every source's records are consecutive; never apply one twice
+            raise JournalCorrupt(
+                f"{journal_path}: record at offset {offset} is {source}#{seq}, "
+                f"expected {source}#{expected}"
+            )
         engine.replay(record)
         replayed += 1
+        offset = end
     return engine, replayed
 
 

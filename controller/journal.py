@@ -76,9 +76,13 @@ class JournalWriter:
     def commit(self) -> int:
         """Write what was appended, sync by policy; returns the end offset."""
         if self._buffer:
-            written = os.write(self._fd, self._buffer)
-            while written < len(self._buffer):  # os.write may be partial on a full disk
-                written += os.write(self._fd, memoryview(self._buffer)[written:])
+            try:
+                written = os.write(self._fd, self._buffer)
+                while written < len(self._buffer):  # os.write may be partial on a full disk
+                    written += os.write(self._fd, memoryview(self._buffer)[written:])
+            except OSError:
+                os.ftruncate(self._fd, self.offset)  # no half batch left behind to write twice
+                raise
             self.offset += len(self._buffer)
             self._buffer.clear()
             self._unsynced = True

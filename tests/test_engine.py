@@ -21,7 +21,7 @@ from common.protocol import (
 from controller.book import Book
 from controller.deadletter import DeadLetters
 from controller.engine import Engine, recover
-from controller.journal import JournalWriter, read_records
+from controller.journal import JournalCorrupt, JournalWriter, read_records
 
 TICKERS = ("AAPL", "MSFT", "XOM")
 
@@ -505,3 +505,16 @@ def test_a_ticker_added_to_the_universe_after_a_checkpoint(tmp_path):
     grown.receive(pack(fill_message("f", 1, "MSFT", 10.0, 5)))
     grown.commit()
     assert grown.snapshot()["totals"]["positions"] == {"AAPL": 0, "MSFT": 5}
+
+
+def test_a_record_journaled_twice_stops_recovery_instead_of_counting_twice(tmp_path):
+    journal = tmp_path / "j"
+    writer = JournalWriter(journal)
+    engine = Engine(TICKERS, journal=writer)
+    engine.receive(pack(split_message("aum", 1, {"A": 100})))
+    engine.receive(pack(fill_message("f", 1, "AAPL", 10.0, 5)))
+    engine.commit()
+    writer.append(["F", "f", 1, "AAPL", 10_000_000, 5])  # the same fill again
+    writer.close()
+    with pytest.raises(JournalCorrupt, match="is f#1, expected f#2"):
+        recover(journal, None, TICKERS)
