@@ -11,7 +11,7 @@ from aumsim.service import AumSimulator
 from aumsim.splits import BASIS_POINTS, account_names
 from common import config, security
 from common.lifecycle import StopFlag
-from common.sender import ReliableSender, session_source
+from common.sender import sender_from_settings
 
 log = logging.getLogger("aumsim")
 
@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--interval must be > 0 and --accounts from 1 to %d", BASIS_POINTS)
         return 2
     stop = StopFlag().install()
+    ctx = zmq.Context()
     try:
-        source = session_source(args.source, "aumsim")
-        configure = security.client_security(args, [args.controller, args.acks], "aumsim")
+        sender = sender_from_settings(ctx, args, "aumsim")
     except (security.SecurityError, ValueError) as exc:
         log.error("cannot start: %s", exc)
+        ctx.term()
         return 2
-    ctx = zmq.Context()
-    sender = ReliableSender(ctx, source, args.controller, args.acks, configure=configure)
+    source = sender.source
     simulator = AumSimulator(
         sender, account_names(args.accounts), args.interval, args.count, args.seed
     )

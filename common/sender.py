@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from common import security
 from common.protocol import MAX_NAME_LENGTH, TOPIC_ACK, pack, read_event, unpack
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,14 @@ OUTBOX_MAX = 100_000  # unacknowledged messages kept before the sender pauses
 RESEND_AFTER = 2.0  # seconds without ack progress before resending
 SEND_HWM = 10_000
 STOP_FLUSH = 3.0  # seconds a stopping sender waits for its last acknowledgements
+
+
+def sender_from_settings(ctx: zmq.Context, args: Any, role: str) -> ReliableSender:
+    """The sender a simulator's settings describe: its session identity, the controller's
+    endpoints and CURVE keys if configured. Raises SecurityError or ValueError."""
+    source = session_source(args.source, role)
+    configure = security.client_security(args, [args.controller, args.acks], role)
+    return ReliableSender(ctx, source, args.controller, args.acks, configure=configure)
 
 
 def session_source(name: str | None, role: str) -> str:

@@ -10,7 +10,7 @@ import zmq
 from common import config, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
-from common.sender import ReliableSender, session_source
+from common.sender import sender_from_settings
 from fillsim.market import Market
 from fillsim.service import FillSimulator
 
@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--interval and --rate must be > 0")
         return 2
     stop = StopFlag().install()
+    ctx = zmq.Context()
     try:
-        source = session_source(args.source, "fillsim")
-        configure = security.client_security(args, [args.controller, args.acks], "fillsim")
+        sender = sender_from_settings(ctx, args, "fillsim")
     except (security.SecurityError, ValueError) as exc:
         log.error("cannot start: %s", exc)
+        ctx.term()
         return 2
-    ctx = zmq.Context()
-    sender = ReliableSender(ctx, source, args.controller, args.acks, configure=configure)
+    source = sender.source
     simulator = FillSimulator(
         sender, Market(args.tickers, args.seed), args.interval, args.rate, args.count, args.seed
     )
