@@ -1,0 +1,200 @@
+"""Reading a controller journal and replaying it into audit entries, one per allocation.
+
+Shared by the audit listing and its verification, so both see the journal the same way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Fill, Split
+from controller.book import Allocation, Book
+from controller.engine import Input, from_record
+from controller.journal import JournalCorrupt, read_records
+
+MIN_DECIMALS = 2  # prices and money are written with at least this many decimals
+
+
+class AuditError(ValueError):
+    """The journal or a blotter cannot be read or used (exit 2)."""
+
+
+# -- reading the journal -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One journal record: where it ends and the input it holds."""
+
+    offset: int
+    item: Input
+
+
+def read_journal(path: Path) -> list[Step]:
+    """Every record of the journal, parsed; AuditError if it is missing or unusable.
+
+    Reads without repair, so it is safe on the journal of a running controller (a record
+    being written at the end is left out).
+    """
+    if not path.is_file():
+        raise AuditError(f"journal {path} does not exist")
+    try:
+        return [Step(end, parse_record(end, record)) for end, record in read_records(path)]
+    except JournalCorrupt as exc:
+        raise AuditError(str(exc)) from None
+    except OSError as exc:
+        raise AuditError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+
+
+def parse_record(end: int, record: Any) -> Input:
+    """The input a journal record holds; AuditError naming its offset if it is malformed."""
+    try:
+        item = from_record(record)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise AuditError(f"journal record ending at offset {end} is unusable: {exc}") from None
+    problem = identity_problem(item) or (fill_problem(item) if type(item) is Fill else None)
+    if problem:
+        raise AuditError(f"journal record ending at offset {end} is unusable: {problem}")
+    return item
+
+
+def identity_problem(item: Input) -> str | None:
+    """Why a record's source or seq is unusable, or None."""
+    if not isinstance(item.source, str) or type(item.seq) is not int:
+        return f"source and seq must be a string and an integer, got {item.source!r}, {item.seq!r}"
+    return None
+
+
+def fill_problem(fill: Fill) -> str | None:
+    """Why a fill record's ticker, price or quantity is unusable, or None."""
+    if not isinstance(fill.ticker, str):
+        return f"ticker must be a string, got {fill.ticker!r}"
+    for name in ("price_units", "quantity"):
+        number = getattr(fill, name)
+        if type(number) is not int or number <= 0:
+            return f"{name} must be a positive integer, got {number!r}"
+    return None
+
+
+# -- replaying it --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AccountLine:
+    """One account's part in one allocation; money in micro-units."""
+
+    account: str
+    target_percent: float
+    before: int
+    target: Fraction  # target fraction x total value after the fill
+    shares: int
+    after: int
+
+    @property
+    def shortfall(self) -> Fraction:
+        """How far below its target value the account was before the fill."""
+        return self.target - self.before
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One allocation and what it was decided from."""
+
+    number: int  # the fill's position among the journal's fill records, from 1
+    fill: Fill
+    split: Split
+    before: dict[str, int]  # every account's book value before the fill, micro-units
+    shares: dict[str, int]  # what the book allocated, zeros left out
+
+    def after(self) -> dict[str, int]:
+        """Every account's book value after the fill."""
+        after = dict(self.before)
+        for account, count in self.shares.items():
+            after[account] = after.get(account, 0) + count * self.fill.price_units
+        return after
+
+    def lines(self) -> list[AccountLine]:
+        """Accounts in the split or receiving shares, by name: before, target, shares, after."""
+        split, price = self.split, self.fill.price_units
+        total_after = sum(self.before.values()) + price * self.fill.quantity
+        weights = dict(zip(split.accounts, split.weights, strict=True))
+        percents = split.target_percent()
+        weight_total = sum(split.weights)
+        lines = []
+        for account in sorted(weights.keys() | self.shares.keys()):
+            before = self.before.get(account, 0)
+            shares = self.shares.get(account, 0)
+            lines.append(
+                AccountLine(
+                    account,
+                    percents.get(account, 0.0),
+                    before,
+                    Fraction(weights.get(account, 0) * total_after, weight_total),
+                    shares,
+                    before + shares * price,
+                )
+            )
+        return lines
+
+
+def apply_item(book: Book, item: Input) -> list[Allocation]:
+    """Apply one journal input to `book` as the engine does; the allocations it made."""
+    if type(item) is Fill:
+        allocation = book.apply_fill(item)
+        return [] if allocation is None else [allocation]
+    if type(item) is Split:
+        return book.apply_split(item)
+    book.count_rejection()
+    return []
+
+
+class JournalReplay:
+    """A fresh Book and per-source last seq, fed journal inputs as the controller does."""
+
+    def __init__(self, tickers: Iterable[str] = ()) -> None:
+        self.book = Book(tuple(tickers))
+        self.last_seq: dict[str, int] = {}
+        self.fills_read = 0
+        self._waiting: deque[int] = deque()  # numbers of fills not yet allocated
+
+    def apply(self, item: Input) -> list[AuditEntry]:
+        """Apply one input; an entry for each allocation it caused."""
+        self.last_seq[item.source] = item.seq
+        before = dict(zip(self.book.accounts, self.book.values, strict=True))
+        if type(item) is Fill:
+            self.fills_read += 1
+            self._waiting.append(self.fills_read)
+        entries = []
+        for allocation in apply_item(self.book, item):
+            entry = AuditEntry(
+                self._waiting.popleft(), allocation.fill, self.book.split, before, allocation.shares
+            )
+            entries.append(entry)
+            before = entry.after()
+        return entries
+
+
+def audit_trail(steps: Iterable[Step]) -> Iterator[AuditEntry]:
+    """Every allocation the journal's inputs lead to, in order."""
+    replay = JournalReplay()
+    for step in steps:
+        yield from replay.apply(step.item)
+
+
+# -- text for people -----------------------------------------------------------------------
+def reference(item: Fill | Split | None) -> str:
+    """source#seq, the way the controller names an input."""
+    return "-" if item is None else f"{item.source}#{item.seq}"
+
+
+def decimal_text(units: int) -> str:
+    """Micro-units as an exact decimal with 2 to 6 places: 187250000 -> '187.25'."""
+    whole, fraction = divmod(units, PRICE_SCALE)
+    digits = f"{fraction:0{PRICE_DECIMALS}d}".rstrip("0").ljust(MIN_DECIMALS, "0")
+    return f"{whole}.{digits}"
+
+
+def money_text(units: int | Fraction) -> str:
+    """Micro-units as money for people: thousands separators, two decimals."""
+    return f"{float(units / PRICE_SCALE):,.2f}"
