@@ -18,10 +18,11 @@ class ConfigError(ValueError):
     """The configuration file is missing, unreadable or names an unknown setting."""
 
 
-def load(path: str | None, section: str) -> dict[str, Any]:
-    """Settings for `section`: the file's top-level values overlaid by its [section] table."""
+def load(path: str | None, section: str) -> tuple[dict[str, Any], list[str]]:
+    """Settings for `section` (the file's top-level values overlaid by its [section] table)
+    and the keys the [section] table itself names, from one read of the file."""
     if path is None:
-        return {}
+        return {}, []
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -33,7 +34,7 @@ def load(path: str | None, section: str) -> dict[str, Any]:
     if not isinstance(own, dict):
         raise ConfigError(f"config file {path}: [{section}] must be a table")
     settings.update(own)
-    return settings
+    return settings, list(own)
 
 
 def resolve(args: argparse.Namespace, defaults: dict[str, Any], section: str) -> argparse.Namespace:
@@ -41,8 +42,8 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any], section: str) ->
 
     Flags must default to None so that "not given" can be told apart from a value.
     """
-    settings = load(getattr(args, "config", None), section)
-    unknown = sorted(set(_own_keys(args, section)) - set(defaults))
+    settings, own_keys = load(getattr(args, "config", None), section)
+    unknown = sorted(set(own_keys) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
     for key, default in defaults.items():
@@ -66,15 +67,6 @@ def _typed(key: str, value: Any, default: Any, section: str) -> Any:
     kinds = {list: "a list of strings", int: "a number", float: "a number", str: "a string"}
     kind = kinds.get(expected, f"a {expected.__name__}")
     raise ConfigError(f"[{section}] {key} must be {kind}, got {value!r}")
-
-
-def _own_keys(args: argparse.Namespace, section: str) -> list[str]:
-    path = getattr(args, "config", None)
-    if path is None:
-        return []
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    own = data.get(section, {})
-    return list(own) if isinstance(own, dict) else []
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

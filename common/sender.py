@@ -126,10 +126,10 @@ class ReliableSender:
             self._resend_all(f"no acknowledgement for {self.resend_after:.1f} s")
         self._send_waiting()
 
-    def flush(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
+    def flush(self, timeout: float) -> bool:
         """Pump until everything is acknowledged or `timeout` passes; True if all acked."""
         deadline = self.clock() + timeout
-        while self.outbox and self.clock() < deadline and not stop():
+        while self.outbox and self.clock() < deadline:
             self.pump(50)
         return not self.outbox
 

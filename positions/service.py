@@ -15,6 +15,7 @@ from common.protocol import TOPIC_POSITIONS, read_event
 log = logging.getLogger(__name__)
 
 SILENCE_INTERVALS = 3  # snapshots missed in a row before saying the controller is silent
+ASSUMED_INTERVAL = 10.0  # seconds between snapshots, until a snapshot says otherwise
 
 
 class SnapshotWatcher:
@@ -65,6 +66,7 @@ class PositionServer:
         self.received = 0
         self.last_seen = clock()
         self.silent = False
+        self.interval = ASSUMED_INTERVAL
         log.info("position server subscribed to %s", endpoint)
 
     def run(self, stop: StopFlag) -> None:
@@ -96,12 +98,11 @@ class PositionServer:
             log.warning("%s", notice)
         self.received += 1
         self.last_seen = self.clock()
-        self.interval = snapshot.get("interval", 10.0)
+        self.interval = snapshot.get("interval", ASSUMED_INTERVAL)
         self.show(snapshot, notices)
 
     def _check_silence(self) -> None:
-        interval = getattr(self, "interval", 10.0)
         quiet = self.clock() - self.last_seen
-        if not self.silent and quiet > SILENCE_INTERVALS * interval:
+        if not self.silent and quiet > SILENCE_INTERVALS * self.interval:
             self.silent = True
             log.warning("no snapshot for %.0f s: is the controller running?", quiet)
