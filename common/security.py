@@ -2,9 +2,11 @@
 
 With keys configured the controller's sockets are CURVE servers and a ZAP authenticator
 (zmq.auth) admits only clients whose public keys are in the allow-list directory; clients
-take their own key pair and the controller's public key. Without keys everything stays on
-loopback (or ipc/inproc); a non-loopback endpoint without keys is refused unless the
-configuration says `insecure = true`.
+take their own key pair and the controller's public key. Every connection admitted carries
+its key's z85 public key as ZAP User-Id, so each message received can be checked against
+what that key may send (`ServerSecurity.check`, rules in common.allowlist). Without keys
+everything stays on loopback (or ipc/inproc); a non-loopback endpoint without keys is
+refused unless the configuration says `insecure = true`.
 """
 
 from __future__ import annotations
@@ -14,24 +16,38 @@ import logging
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
+
+from common.allowlist import (
+    PUBLIC_SUFFIX,
+    SECRET_SUFFIX,
+    AllowList,
+    Permissions,
+    SecurityError,
+    check_key_name,
+)
+
+__all__ = ["PUBLIC_SUFFIX", "SECRET_SUFFIX", "Permissions", "SecurityError"]
 
 log = logging.getLogger(__name__)
 
-SECRET_SUFFIX = ".key_secret"
-PUBLIC_SUFFIX = ".key"
 SECRET_MODE = 0o600
-
-
-class SecurityError(RuntimeError):
-    """The security settings are unsafe or incomplete; the process must not start."""
+PUBLIC_MODE = 0o644
+USER_ID = "User-Id"  # the ZAP property a received frame carries its sender's identity in
+REFUSALS_LOGGED_IN_FULL = 5  # refused peers logged one by one before the log summarises
+REFUSAL_SUMMARY_INTERVAL = 60.0  # seconds between summary lines while refusals go on
+ALLOW_LIST_REFRESH = 5.0  # seconds between checks of the allow-list for edits (revocations)
+MONITOR_POLL_MS = 100
 
 
 Configure = Callable[[zmq.Socket], None]
@@ -55,6 +71,7 @@ def is_local(endpoint: str) -> bool:
 
 def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Create NAME.key (public) and NAME.key_secret (mode 0600) in `directory`."""
+    check_key_name(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for path in (directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"):
@@ -66,7 +83,7 @@ def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     finally:
         os.umask(old_umask)
     os.chmod(secret, SECRET_MODE)
-    os.chmod(public, 0o644)
+    os.chmod(public, PUBLIC_MODE)
     return Path(public), Path(secret)
 
 
@@ -127,25 +144,96 @@ def client_configure(
     return configure
 
 
+class RefusalLog:
+    """Logs refused peers without letting a flood of them flood the log.
+
+    The first `in_full` refusals are logged one by one; after that at most one line per
+    `interval` seconds (of the injected clock) says how many more there were and shows the
+    latest. After a whole interval without refusals it logs in full again. Thread-safe: the
+    ZAP thread and the handshake watchers share one. Wire data (addresses, keys) only ever
+    goes in the arguments, never in the format.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+        in_full: int = REFUSALS_LOGGED_IN_FULL,
+        interval: float = REFUSAL_SUMMARY_INTERVAL,
+    ) -> None:
+        self.logger = logger
+        self.clock = clock
+        self.in_full = in_full
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._logged = 0  # in full since the last quiet interval
+        self._held: int = 0  # refusals not logged since the last line
+        self._last_line = 0.0
+        self._last_refusal: float | None = None
+
+    def refused(self, fmt: str, *args: Any) -> None:
+        """Record one refusal described by the %-format `fmt` (ours) and `args` (any data)."""
+        with self._lock:
+            now = self.clock()
+            if self._last_refusal is not None and now - self._last_refusal >= self.interval:
+                self._flush(now)
+                self._logged = 0
+            self._last_refusal = now
+            if self._logged < self.in_full:
+                self._logged += 1
+                self._last_line = now
+                self.logger.warning(fmt, *args)
+                return
+            self._held += 1
+            if now - self._last_line >= self.interval:
+                self.logger.warning(
+                    "%d peers refused in the last %.0f s (not logged one by one); latest: " + fmt,
+                    self._held,
+                    now - self._last_line,
+                    *args,
+                )
+                self._held, self._last_line = 0, now
+
+    def flush(self) -> None:
+        """Log the count of refusals not logged yet, if any (at shutdown)."""
+        with self._lock:
+            self._flush(self.clock())
+
+    def _flush(self, now: float) -> None:
+        if self._held:
+            self.logger.warning(
+                "%d more peers refused in %.0f s (not logged one by one)",
+                self._held,
+                now - self._last_line,
+            )
+        self._held, self._last_line = 0, now
+
+
+def sender_user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of the peer a frame came from (received with copy=False), or None
+    when the socket has no ZAP authentication (CURVE off)."""
+    try:
+        user_id = frame.get(USER_ID)
+    except zmq.ZMQError:
+        return None
+    return user_id if isinstance(user_id, str) else None
+
+
 class AllowListAuthenticator(ThreadAuthenticator):
     """ZAP handler admitting only allow-listed public keys; logs and counts every refusal.
 
     The allow-list directory is re-read when an unknown key shows up, so adding a client's
-    public key there takes effect without a restart.
+    public key there takes effect without a restart. The User-Id given to an admitted
+    connection is its key's z85 public key (see `curve_user_id`).
     """
 
-    def __init__(self, ctx: zmq.Context, allow_dir: str | os.PathLike) -> None:
+    def __init__(self, ctx: zmq.Context, allow_list: AllowList, refusals: RefusalLog) -> None:
         super().__init__(ctx, log=logging.getLogger("zmq.auth"))
-        self.allow_dir = Path(allow_dir)
-        if not self.allow_dir.is_dir():
-            raise SecurityError(f"allow-list directory {self.allow_dir} does not exist")
+        self.allow_list = allow_list
+        self.refusals = refusals
         self.rejected = 0
         self._address = ""
-        self._allowed_keys = self._read_allow_list()
         self.configure_curve_callback("*", self)
-
-    def _read_allow_list(self) -> set[bytes]:
-        return set(zmq.auth.load_certificates(self.allow_dir))
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         if len(msg) > 3:
@@ -154,39 +242,73 @@ class AllowListAuthenticator(ThreadAuthenticator):
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP credentials check (called by zmq.auth with the client's z85 public key)."""
-        if key in self._allowed_keys:
+        if self.allow_list.permissions.admits(key):
             return True
-        self._allowed_keys = self._read_allow_list()
-        if key in self._allowed_keys:
+        self.allow_list.reload()
+        if self.allow_list.permissions.admits(key):
             return True
         self.rejected += 1
-        log.warning(
+        self.refusals.refused(
             "rejected peer %s: public key %s is not in %s (%d rejected so far)",
             self._address,
-            key.decode(),
-            self.allow_dir,
+            key.decode(errors="replace"),
+            self.allow_list.directory,
             self.rejected,
         )
         return False
 
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The User-Id of an admitted connection: its z85 public key, looked up per message
+        in the allow-list in force then (so a key removed since it connected is refused)."""
+        return z85.encode(client_public_key).decode("ascii")
+
 
 class ServerSecurity:
-    """CURVE for the controller's bound sockets, plus a watch on failed handshakes."""
+    """CURVE for the controller's bound sockets, a watch on failed handshakes, and the
+    per-message permission check.
+
+    The allow-list is read at construction (SecurityError if unsafe or malformed), re-read
+    when an unknown key knocks and every `refresh_interval` seconds (so an edit, e.g. a
+    revocation, takes effect without a restart). `clock` times the refusal log's summaries.
+    """
 
     def __init__(
-        self, ctx: zmq.Context, secret_file: str | os.PathLike, allow_dir: str | os.PathLike
+        self,
+        ctx: zmq.Context,
+        secret_file: str | os.PathLike,
+        allow_dir: str | os.PathLike,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_interval: float | None = ALLOW_LIST_REFRESH,
     ):
         self.public, self.secret = load_key_pair(secret_file)
         self.ctx = ctx
-        self.authenticator = AllowListAuthenticator(ctx, allow_dir)
+        self.allow_list = AllowList(allow_dir)
+        self.refusals = RefusalLog(log, clock)
+        self.authenticator = AllowListAuthenticator(ctx, self.allow_list, self.refusals)
         self.authenticator.start()
         self.handshake_failures = 0
         self._watchers: list[threading.Thread] = []
         self._stopping = threading.Event()
+        if refresh_interval is not None:
+            self._start(self._refresh, refresh_interval)
 
     @property
     def rejected(self) -> int:
         return self.authenticator.rejected + self.handshake_failures
+
+    @property
+    def permissions(self) -> Permissions:
+        """The permissions in force now (a reload swaps in a new object)."""
+        return self.allow_list.permissions
+
+    def check(self, user_id: str | None, kind: str, source: str) -> str | None:
+        """None if the sender with this ZAP User-Id may send a `kind` message as `source`,
+        else the reason it may not (a plain sentence). Call it per message, after decoding."""
+        return self.allow_list.permissions.check(user_id, kind, source)
+
+    def key_name(self, user_id: str | None) -> str | None:
+        """The allow-list name of the key behind a User-Id (for logs), if it is allowed."""
+        return self.allow_list.permissions.key_name(user_id)
 
     def configure(self, sock: zmq.Socket) -> None:
         """Make `sock` a CURVE server (call before bind) and watch its handshakes."""
@@ -197,22 +319,29 @@ class ServerSecurity:
         sock.monitor(
             address, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         )
-        watcher = threading.Thread(target=self._watch, args=(address,), daemon=True)
+        self._start(self._watch, address)
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        watcher = threading.Thread(target=target, args=args, daemon=True)
         watcher.start()
         self._watchers.append(watcher)
+
+    def _refresh(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            self.allow_list.reload()
 
     def _watch(self, address: str) -> None:
         pair = self.ctx.socket(zmq.PAIR)
         pair.connect(address)
         try:
             while not self._stopping.is_set():
-                if not pair.poll(100):
+                if not pair.poll(MONITOR_POLL_MS):
                     continue
                 event = recv_monitor_message(pair)
                 if event["event"] == zmq.EVENT_MONITOR_STOPPED:
                     break
                 self.handshake_failures += 1
-                log.warning(
+                self.refusals.refused(
                     "rejected peer on %s: CURVE handshake failed (no or wrong security) "
                     "(%d so far)",
                     event["endpoint"].decode(errors="replace"),
@@ -226,7 +355,7 @@ class ServerSecurity:
         for watcher in self._watchers:
             watcher.join(1)
         self.authenticator.stop()
-
+        self.refusals.flush()
 
 # -- settings ------------------------------------------------------------------------------
 SERVER_DEFAULTS = {"curve_secret_key": None, "curve_allow": None, "insecure": False}
