@@ -270,10 +270,12 @@ def _read_files(directory: Path) -> _Files:
     return _Files(directory_mode, tuple(files))
 
 
-def _public_key(path: Path) -> str:
+def read_public_key(path: Path) -> str:
     """The z85 public key in a public key file; SecurityError if it holds anything else."""
     try:
         public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise SecurityError(f"cannot read public key file {path}: {exc}") from None
     except ValueError as exc:
         raise SecurityError(f"{path} is not a public key file: {exc}") from None
     if secret:
@@ -308,7 +310,7 @@ def _build(directory: Path, files: _Files) -> Permissions:
             check_key_name(name)
         except SecurityError as exc:
             raise SecurityError(f"{directory / filename}: {exc}") from None
-        names[name] = _public_key(directory / filename)
+        names[name] = read_public_key(directory / filename)
     _refuse_shared_keys(directory, names)
     for name in sorted(set(entries) - set(names)):
         log.warning(

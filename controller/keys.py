@@ -1,33 +1,180 @@
-"""`python -m controller keys NAME`: make a CURVE key pair for one process.
+"""`python -m controller keys NAME`: make a CURVE key pair for one process, and allow it.
 
 Writes NAME.key (public, share it) and NAME.key_secret (mode 0600, keep it on its host)
-into --dir; `--allow DIR` also copies the public key into the controller's allow-list.
+into --dir. `--allow DIR` also copies the public key into the controller's allow-list and,
+with --role, writes what the key may send into DIR/permissions.toml:
+
+    python -m controller keys fillsim-1 --allow keys/allowed --role fill --sources feed-1
+    python -m controller keys aumsim --allow keys/allowed --role aum --sources aum
+    python -m controller keys positions --allow keys/allowed --role positions
+
+`--public FILE` allows a public key made on another host instead of making a pair here.
+Running it again for an allowed key replaces that key's entry (its rights), nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-from common.security import SecurityError, generate_keys
+import tomlkit
+
+from common.allowlist import (
+    PERMISSIONS_FILE,
+    PUBLIC_SUFFIX,
+    ROLE_KINDS,
+    SecurityError,
+    check_key_name,
+    check_source_name,
+    parse_permissions,
+    read_public_key,
+    refuse_writable_by_others,
+)
+from common.security import PUBLIC_MODE, generate_keys
+
+ALLOW_DIR_MODE = 0o755
+PERMISSIONS_HEADER = """\
+What each key in this directory may send (see README, Deployment).
+role: fill (sends fills), aum (sends splits) or positions (reads only).
+sources: the names it sends as; "feed-1" covers feed-1@<session>, not feed-12@...
+A key without an entry here may connect and read, but not send.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="controller keys", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="controller keys",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", help="key name, e.g. controller, fillsim-1, positions-desk")
     parser.add_argument("--dir", default="keys", help="where to write the pair (default keys/)")
-    parser.add_argument("--allow", metavar="DIR", help="also copy the public key into DIR")
+    parser.add_argument(
+        "--public", metavar="FILE", help="allow this existing public key instead of making a pair"
+    )
+    parser.add_argument("--allow", metavar="DIR", help="also allow the key: copy it into DIR")
+    parser.add_argument(
+        "--role", choices=sorted(ROLE_KINDS), help="what the key may send (with --allow)"
+    )
+    parser.add_argument(
+        "--sources", metavar="A,B", help="source names it may send as (roles fill and aum)"
+    )
     args = parser.parse_args(argv)
     try:
-        public, secret = generate_keys(args.dir, args.name)
+        return run(args)
     except SecurityError as exc:
         print(f"keys: {exc}", file=sys.stderr)
         return 2
-    print(f"public key: {public}\nsecret key: {secret} (mode 600; never copy it off this host)")
-    if args.allow:
-        Path(args.allow).mkdir(parents=True, exist_ok=True)
-        shutil.copy(public, Path(args.allow) / public.name)
-        print(f"allowed:    {Path(args.allow) / public.name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything first, so a refused request leaves no half-made key behind."""
+    name = check_key_name(args.name)
+    sources = parse_sources(args.role, args.sources)
+    if args.role is not None and args.allow is None:
+        raise SecurityError("--role needs --allow DIR: the allow-list the rights are written to")
+    if args.public is not None and args.allow is None:
+        raise SecurityError("--public needs --allow DIR: the allow-list to copy the key into")
+    allow_dir = Path(args.allow) if args.allow else None
+    document = read_permissions(allow_dir) if allow_dir is not None else None
+    if args.public is not None:
+        public = Path(args.public)
+        read_public_key(public)
+    else:
+        public, secret = generate_keys(args.dir, name)
+        print(f"public key: {public}\nsecret key: {secret} (mode 600; never copy it off this host)")
+    if allow_dir is None or document is None:
+        return 0
+    allowed = copy_public_key(public, allow_dir, name)
+    print(f"allowed:    {allowed}")
+    if args.role is None:
+        if name not in document:
+            print(f"no --role: {name} may connect and read, but not send")
+        return 0
+    replaced = name in document
+    write_permissions(allow_dir, document, name, args.role, sources)
+    what = f"{args.role}" + (f" as {', '.join(sources)}" if sources else "")
+    verb = "replaced" if replaced else "added"
+    print(f"rights:     {verb} [{name}] in {allow_dir / PERMISSIONS_FILE}: {what}")
     return 0
+
+
+def parse_sources(role: str | None, text: str | None) -> list[str]:
+    """The --sources names, checked against the role (fill and aum need some, positions none)."""
+    names = [part.strip() for part in text.split(",")] if text else []
+    names = list(dict.fromkeys(check_source_name(n, "--sources") for n in names if n))
+    if role is None:
+        if names:
+            raise SecurityError("--sources needs --role (fill or aum)")
+        return names
+    if ROLE_KINDS[role] and not names:
+        raise SecurityError(f"role {role} needs --sources: the names this key sends as")
+    if not ROLE_KINDS[role] and names:
+        raise SecurityError(f"role {role} sends nothing: leave out --sources")
+    return names
+
+
+def read_permissions(allow_dir: Path) -> tomlkit.TOMLDocument:
+    """The allow-list's permissions file (a new one if there is none), refusing an unsafe
+    directory or a file the controller would refuse."""
+    if allow_dir.exists():
+        refuse_writable_by_others(allow_dir, allow_dir.stat().st_mode)
+    path = allow_dir / PERMISSIONS_FILE
+    if not path.exists():
+        document = tomlkit.document()
+        for line in PERMISSIONS_HEADER.splitlines():
+            document.add(tomlkit.comment(line))
+        return document
+    refuse_writable_by_others(path, path.stat().st_mode)
+    text = path.read_text(encoding="utf-8")
+    parse_permissions(text, str(path))
+    return tomlkit.parse(text)
+
+
+def copy_public_key(public: Path, allow_dir: Path, name: str) -> Path:
+    """Put the public key in the allow-list as NAME.key (mode 0644), never replacing a
+    different key that is there under that name."""
+    if not allow_dir.exists():
+        allow_dir.mkdir(parents=True)
+        os.chmod(allow_dir, ALLOW_DIR_MODE)  # whatever the umask: only its owner writes
+    target = allow_dir / f"{name}{PUBLIC_SUFFIX}"
+    key = read_public_key(public)
+    if target.exists() and read_public_key(target) != key:
+        raise SecurityError(
+            f"{target} already holds a different key; remove it first to replace the key"
+        )
+    write_atomically(target, public.read_bytes())
+    return target
+
+
+def write_permissions(
+    allow_dir: Path, document: tomlkit.TOMLDocument, name: str, role: str, sources: list[str]
+) -> None:
+    """Set [name] in the permissions file, keeping everything else (comments too)."""
+    entry = tomlkit.table()
+    entry["role"] = role
+    if sources:
+        entry["sources"] = sources
+    document[name] = entry
+    text = tomlkit.dumps(document)
+    path = allow_dir / PERMISSIONS_FILE
+    parse_permissions(text, str(path))  # never write what the controller would refuse
+    write_atomically(path, text.encode("utf-8"))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (mode 0644) so the controller never reads half a file."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, PUBLIC_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
