@@ -10,13 +10,14 @@ from collections.abc import Callable
 from aumsim.splits import random_split
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import split_message
-from common.sender import STOP_FLUSH, ReliableSender
+from common.sender import STOP_FLUSH, MessageTooLarge, ReliableSender, worth_logging
 
 log = logging.getLogger(__name__)
 
 
 class AumSimulator:
-    """Sends a split at start and then every `interval` seconds (at most `count` of them)."""
+    """Sends a split at start and then every `interval` seconds (at most `count` of them);
+    at the end logs how many the controller accepted and rejected."""
 
     def __init__(
         self,
@@ -33,10 +34,11 @@ class AumSimulator:
         self.count = count
         self.clock = clock
         self.sent = 0
+        self.refused = 0  # too large to send (never queued)
         self.rng = random.Random(seed)
 
     def done(self) -> bool:
-        return self.count is not None and self.sent >= self.count
+        return self.count is not None and self.sent + self.refused >= self.count
 
     def run(self, stop: StopFlag) -> None:
         due = self.clock()
@@ -45,20 +47,41 @@ class AumSimulator:
                 self.send_one()
                 due += self.interval
             if self.done() and not self.sender.pending:
-                log.info("%s: all %d splits acknowledged", self.sender.source, self.sent)
+                self._log_finished()
                 return
             wait = (due - self.clock()) * 1000
             self.sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
         self.sender.flush(STOP_FLUSH)
         log.info(
-            "%s: stopping after %d splits (%d unacknowledged)",
+            "%s: stopping after %d splits (%d unacknowledged): %s",
             self.sender.source,
             self.sent,
             self.sender.pending,
+            self.sender.summary(),
         )
+
+    def _log_finished(self) -> None:
+        """Every split is answered: say "all acknowledged" only if none was turned down."""
+        sender = self.sender
+        if sender.all_accepted:
+            log.info("%s: all %d splits sent and acknowledged", sender.source, self.sent)
+        else:
+            log.warning("%s: %d splits sent: %s", sender.source, self.sent, sender.summary())
 
     def send_one(self) -> None:
         split = random_split(self.rng, self.accounts)
-        seq = self.sender.send(split_message(self.sender.source, 0, split))
+        try:
+            seq = self.sender.send(split_message(self.sender.source, 0, split))
+        except MessageTooLarge as exc:
+            self.refused += 1
+            if worth_logging(self.refused):
+                log.error(
+                    "%s: split over %d accounts refused (%d so far): %s",
+                    self.sender.source,
+                    len(split),
+                    self.refused,
+                    exc,
+                )
+            return
         self.sent += 1
         log.info("%s: sent split #%d over %d accounts", self.sender.source, seq, len(split))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import fill_message
-from common.sender import STOP_FLUSH, ReliableSender
+from common.sender import STOP_FLUSH, MessageTooLarge, ReliableSender, worth_logging
 from fillsim.market import Market
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 class FillSimulator:
     """Sends `count` fills (or forever) with exponential gaps of mean `interval`, or at a
-    steady `rate` per second; finishes once every fill sent is acknowledged."""
+    steady `rate` per second; finishes once every fill sent is acknowledged or rejected,
+    and logs how many the controller accepted and rejected."""
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class FillSimulator:
         self.count = count
         self.clock = clock
         self.sent = 0
+        self.refused = 0  # too large to send (never queued)
         self.shares_sent: dict[str, int] = {}
         self._timing = random.Random(None if seed is None else seed + 1)
 
@@ -45,7 +47,7 @@ class FillSimulator:
         return self._timing.expovariate(1.0 / self.interval)
 
     def done(self) -> bool:
-        return self.count is not None and self.sent >= self.count
+        return self.count is not None and self.sent + self.refused >= self.count
 
     def run(self, stop: StopFlag) -> None:
         sender = self.sender
@@ -56,20 +58,41 @@ class FillSimulator:
                 self.send_one()
                 due += self.gap()
             if self.done() and not sender.pending:
-                log.info("%s: all %d fills sent and acknowledged", sender.source, self.sent)
+                self._log_finished()
                 return
             wait = POLL_SLICE_MS if self.done() else (due - self.clock()) * 1000
             sender.pump(max(0, min(POLL_SLICE_MS, int(wait))))
         sender.flush(STOP_FLUSH)
         log.info(
-            "%s: stopping after %d fills (%d unacknowledged)",
+            "%s: stopping after %d fills (%d unacknowledged): %s",
             sender.source,
             self.sent,
             sender.pending,
+            sender.summary(),
         )
+
+    def _log_finished(self) -> None:
+        """Every fill is answered: say "all acknowledged" only if none was turned down."""
+        sender = self.sender
+        if sender.all_accepted:
+            log.info("%s: all %d fills sent and acknowledged", sender.source, self.sent)
+        else:
+            log.warning("%s: %d fills sent: %s", sender.source, self.sent, sender.summary())
 
     def send_one(self) -> None:
         ticker, price, quantity = self.market.next_fill()
-        self.sender.send(fill_message(self.sender.source, 0, ticker, price, quantity))
+        try:
+            self.sender.send(fill_message(self.sender.source, 0, ticker, price, quantity))
+        except MessageTooLarge as exc:
+            self.refused += 1
+            if worth_logging(self.refused):
+                log.error(
+                    "%s: %s fill refused (%d so far): %s",
+                    self.sender.source,
+                    ticker,
+                    self.refused,
+                    exc,
+                )
+            return
         self.sent += 1
         self.shares_sent[ticker] = self.shares_sent.get(ticker, 0) + quantity

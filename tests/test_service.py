@@ -1,4 +1,5 @@
-"""The controller service and the senders in one process, over inproc, on a fake clock."""
+"""The controller service in one process, over inproc, on a fake clock (the senders' tests
+against it are in test_sender.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,8 @@ from common.protocol import (
     pack,
     split_message,
 )
-from common.sender import ReliableSender
-from controller.deadletter import DeadLetters
-from controller.engine import Engine, recover
-from controller.journal import JournalWriter
+from controller.engine import Engine
 from controller.service import ControllerService
-from fillsim.market import Market
 from positions.service import PositionServer
 
 _endpoints = itertools.count()
@@ -71,16 +68,6 @@ def sync(service, sub):
             collect(sub)
             return
     raise AssertionError("subscriber never received a snapshot")
-
-
-def pump_until(service, condition, *others, steps=1000):
-    for _ in range(steps):
-        service.step(5)
-        for other in others:
-            other.pump(0)
-        if condition():
-            return
-    raise AssertionError("condition not reached")
 
 
 def test_allocations_acks_and_snapshot_match(ctx, endpoints):
@@ -162,68 +149,6 @@ def test_snapshots_follow_the_clock(ctx, endpoints):
     service.close()
 
 
-def test_sender_started_before_controller_delivers_everything(ctx, endpoints):
-    clock = FakeClock()
-    sender = ReliableSender(ctx, "early", endpoints[0], endpoints[1], clock=clock)
-    sender.send(split_message("early", 0, {"X": 50, "Y": 50}))
-    for _ in range(20):
-        sender.send(fill_message("early", 0, "AAPL", 10.0, 3))
-    service = make_service(ctx, endpoints, clock)
-    pump_until(service, lambda: sender.pending == 0, sender)
-    assert service.engine.book.total_shares()["AAPL"] == 60
-    assert service.engine.sequencer.last_seq["early"] == 21
-    service.close()
-    sender.close()
-
-
-def test_controller_restart_loses_nothing_and_counts_nothing_twice(ctx, tmp_path):
-    # tcp, not inproc: inproc peers do not reconnect to a rebound endpoint.
-    clock = FakeClock()
-    journal = tmp_path / "journal"
-    checkpoint = tmp_path / "journal.checkpoint"
-
-    def start_controller(endpoints):
-        engine, _ = recover(journal, checkpoint, DEFAULT_TICKERS)
-        engine.journal = JournalWriter(journal)
-        engine.deadletters = DeadLetters(tmp_path / "dead.jsonl")
-        return rebind(ctx, endpoints, clock, engine, checkpoint_path=checkpoint)
-
-    service = start_controller(("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"))
-    endpoints = (service.inputs, service.publish)
-    sender = ReliableSender(ctx, "s", endpoints[0], endpoints[1], clock=clock, resend_after=1.0)
-    sender.send(split_message("s", 0, {"A": 70, "B": 30}))
-    market = Market(DEFAULT_TICKERS, seed=3)
-    sent = dict.fromkeys(DEFAULT_TICKERS, 0)
-
-    def send_fills(n):
-        for _ in range(n):
-            ticker, price, quantity = market.next_fill()
-            sender.send(fill_message("s", 0, ticker, price, quantity))
-            sent[ticker] += quantity
-
-    send_fills(50)
-    pump_until(service, lambda: sender.pending == 0, sender)
-    send_fills(50)
-    service.close()  # a stop with fills in flight: unacknowledged ones stay with the sender
-    send_fills(25)
-    service = start_controller(endpoints)
-    clock.advance(1.0)  # the sender's resend timer fires
-
-    def all_acked():
-        clock.advance(0.2)
-        return sender.pending == 0
-
-    pump_until(service, all_acked, sender)
-    book = service.engine.book
-    assert book.total_shares() == sent
-    assert book.fills_allocated == 125
-    assert service.engine.sequencer.last_seq["s"] == 126
-    service.close()
-    replayed, _ = recover(journal, None, DEFAULT_TICKERS)
-    assert replayed.book == book
-    sender.close()
-
-
 def test_position_server_sees_snapshots_and_a_restart(ctx):
     shown = []
     clock = FakeClock()
@@ -257,31 +182,3 @@ def test_watcher_reports_missed_snapshots():
     assert watcher.observe({"instance": "a", "seq": 5}) == ["missed 2 snapshot(s): #2 then #5"]
     assert watcher.missed == 2
     assert "restarted" in watcher.observe({"instance": "b", "seq": 1})[0]
-
-
-def test_sender_carries_on_as_a_new_session_when_the_controller_lost_its_acks(ctx, tmp_path):
-    # A controller that comes back knowing less than it acknowledged (here: a new, empty
-    # journal) can never fill the gap before the sender's next seq; the sender starts over.
-    clock = FakeClock()
-    first = make_service(ctx, ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"), clock)
-    endpoints = (first.inputs, first.publish)
-    sender = ReliableSender(ctx, "desk@00000000", *endpoints, clock=clock, resend_after=1.0)
-    sender.send(split_message("x", 0, {"A": 100}))
-    for _ in range(4):
-        sender.send(fill_message("x", 0, "AAPL", 10.0, 1))
-    pump_until(first, lambda: sender.pending == 0, sender)
-    first.close()
-    second = rebind(ctx, endpoints, clock)
-    sender.send(split_message("x", 0, {"A": 100}))
-    sender.send(fill_message("x", 0, "AAPL", 10.0, 7))
-
-    def delivered():
-        clock.advance(0.3)
-        return sender.pending == 0
-
-    pump_until(second, delivered, sender)
-    assert sender.source != "desk@00000000" and sender.source.startswith("desk@")
-    assert second.engine.sequencer.last_seq == {sender.source: 2}
-    assert second.engine.book.total_shares()["AAPL"] == 7
-    second.close()
-    sender.close()
