@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 from rich.console import Console
 
 from common import config, security
 from common.lifecycle import StopFlag
+from positions.desk import desk_json
 from positions.live import LiveDisplay
 from positions.record import DEFAULT_RECORD, Recorder, RecordError
-from positions.service import PositionServer
-from positions.view import DEVIATION_ALERT_BPS, positions_table, snapshot_json
+from positions.service import PositionServer, Update
+from positions.view import DEVIATION_ALERT_BPS, desk_view
+from positions.web import WebError, WebView, parse_address
 
 log = logging.getLogger("positions")
 
@@ -30,22 +32,24 @@ DEFAULTS = {
     "live": False,
     "alert_bps": DEVIATION_ALERT_BPS,
     "record": DEFAULT_RECORD,
+    "http": "",
+    "http_public": False,
     "log_level": "INFO",
     **security.CLIENT_DEFAULTS,
 }
 FORMATS = ("table", "json")
-PIPE_WIDTH = 200  # table width when stdout is not a terminal (e.g. under the launcher)
 
 #: `python -m positions NAME ...` runs a tool instead of the server; each module has main().
 TOOLS = {"report": "positions.report"}
 
-Show = Callable[[dict[str, Any], list[str]], None]
+Show = Callable[[Update], None]
 
 
 def parser() -> argparse.ArgumentParser:
     """The server's flags; all default to None so config.resolve can tell what was given."""
     p = argparse.ArgumentParser(
         prog="positions",
+        allow_abbrev=False,
         description="Print positions and values; record every snapshot.",
         epilog="Tools: python -m positions report --help",
     )
@@ -70,6 +74,17 @@ def parser() -> argparse.ArgumentParser:
     )
     recording.add_argument(
         "--no-record", dest="record", action="store_const", const="", help="do not record"
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help='serve the web view, /api/snapshot and /metrics there (default: off; "" for off)',
+    )
+    p.add_argument(
+        "--http-public",
+        action="store_true",
+        default=None,
+        help="allow --http on an address other hosts can reach (no authentication)",
     )
     security.add_flags(p, server=False)
     return p
@@ -100,6 +115,10 @@ def check_settings(args: argparse.Namespace) -> None:
         raise config.ConfigError(f"alert_bps must be a number >= 0, got {args.alert_bps!r}")
     if not isinstance(args.record, str):
         raise config.ConfigError(f'record must be a path (or "" for none): {args.record!r}')
+    if not isinstance(args.http, str):
+        raise config.ConfigError(f'http must be "HOST:PORT" (or "" for off): {args.http!r}')
+    if not isinstance(args.http_public, bool):
+        raise config.ConfigError(f"http_public must be true or false, got {args.http_public!r}")
     if args.live and args.format != "table":
         raise config.ConfigError("--live shows a table; it cannot be used with --format json")
 
@@ -110,38 +129,81 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(argv: list[str]) -> int:
-    """Run the position server until SIGINT/SIGTERM; 2 for bad settings or record file."""
-    args = config.settings(parser(), argv, DEFAULTS, "positions", check_settings)
-    console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
-    live = wants_live(args.live, sys.stdout.isatty())
-    try:
-        recorder = Recorder(args.record) if args.record else None
-    except RecordError as exc:
-        print(f"positions: {exc}", file=sys.stderr)
-        return 2
-    display = LiveDisplay(console, args.alert_bps) if live else None
-    show = display.show if display else plain_show(args.format, console, args.alert_bps)
-    if recorder is not None:
-        show = recording(recorder, show)
+    """Run the position server until SIGINT/SIGTERM.
 
+    Exit codes: 0 when stopped, 2 for bad settings, a record file or web address that
+    cannot be used, 1 when anything fails while running (a view that cannot draw, the web
+    server dying): the process ends rather than staying alive and silent, so the launcher
+    restarts it. Sockets are closed before the context is terminated, so exit never blocks.
+    """
+    args = config.settings(parser(), argv, DEFAULTS, "positions", check_settings)
+    terminal = sys.stdout.isatty()
+    live = wants_live(args.live, terminal)
+    console = Console(highlight=False)  # COLUMNS when set, else the terminal's width, else 80
     try:
         configure = security.client_security(args, [args.controller], "positions")
-    except security.SecurityError as exc:
+        recorder = Recorder(args.record) if args.record else None
+    except (security.SecurityError, RecordError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    try:
+        web_view = start_web(args.http, args.http_public)
+    except WebError as exc:
+        log.error("cannot start: %s", exc)
+        if recorder is not None:
+            recorder.close()
+        return 2
+    display = LiveDisplay(console, args.alert_bps) if live else None
+    views = [display.show if display else plain_show(args.format, console, args.alert_bps)]
+    if web_view is not None:
+        views.append(web_view.show)
+    checks = tuple(v.check for v in (display, web_view) if v is not None)
+
     stop = StopFlag().install()
     ctx = zmq.Context()
-    server = PositionServer(ctx, args.controller, show, configure=configure)
-    if display is not None:
-        display.attach(server.watcher)
+    server = PositionServer(
+        ctx,
+        args.controller,
+        fan_out(views),
+        configure=configure,
+        record=recorder.write if recorder else None,
+    )
+    code = 0
     try:
         with display or contextlib.nullcontext():
-            server.run(stop)
+            server.run(stop, checks)
+    except Exception:
+        log.exception("position server failed; exiting")
+        code = 1
     finally:
+        server.close()
+        if web_view is not None:
+            web_view.close()
         if recorder is not None:
             recorder.close()
         ctx.term()
-    return 0
+    return code
+
+
+def start_web(address: str, public: bool) -> WebView | None:
+    """The web view on `address` (HOST:PORT), started, or None when `address` is empty."""
+    if not address:
+        return None
+    host, port = parse_address(address)
+    web_view = WebView(host, port, public=public)
+    url = web_view.start()
+    print(f"positions: web view at {url}", file=sys.stderr, flush=True)
+    return web_view
+
+
+def fan_out(views: list[Show]) -> Show:
+    """One PositionServer callback that updates every view in turn."""
+
+    def show(update: Update) -> None:
+        for view in views:
+            view(update)
+
+    return show
 
 
 def wants_live(asked: bool, terminal: bool) -> bool:
@@ -152,23 +214,15 @@ def wants_live(asked: bool, terminal: bool) -> bool:
 
 
 def plain_show(format_: str, console: Console, alert_bps: float) -> Show:
-    """One table (or one JSON line) per snapshot, scrolling."""
+    """One set of tables (or one JSON line) per snapshot, scrolling."""
 
-    def show(snapshot: dict[str, Any], notices: list[str]) -> None:
+    def show(update: Update) -> None:
         if format_ == "json":
-            print(snapshot_json(snapshot, notices), flush=True)
+            document = desk_json(update.desk, update.notices, update.restarts, update.missed)
+            print(json.dumps(document, sort_keys=True), flush=True)
         else:
-            console.print(positions_table(snapshot, notices, alert_bps))
+            console.print(desk_view(update.desk, update.notices, console.width, alert_bps))
+            console.print()
             sys.stdout.flush()
 
     return show
-
-
-def recording(recorder: Recorder, show: Show) -> Show:
-    """`show` preceded by writing the snapshot to the record."""
-
-    def record_and_show(snapshot: dict[str, Any], notices: list[str]) -> None:
-        recorder.write(snapshot)
-        show(snapshot, notices)
-
-    return record_and_show

@@ -10,19 +10,23 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.text import Text
 
-from positions.service import SILENCE_INTERVALS, SnapshotWatcher
-from positions.view import DEVIATION_ALERT_BPS, live_view
+from positions.service import SILENCE_INTERVALS, Update
+from positions.view import DEVIATION_ALERT_BPS, desk_view, waiting_view
+
+log = logging.getLogger(__name__)
 
 REFRESH_PER_SECOND = 2  # redraws a second, so the snapshot age keeps moving
-DEFAULT_INTERVAL = 10.0  # snapshot interval assumed until a snapshot states its own
 
 
 class LiveDisplay:
     """Shows each snapshot handed to `show` in one table that rich.live redraws in place.
 
-    Use it as a context manager around the position server's loop; `attach` the server's
-    SnapshotWatcher so the header can count controller restarts and missed snapshots.
+    Use it as a context manager around the position server's loop, and call `check` from
+    the loop: rich redraws from its own thread, so an error while drawing is kept here and
+    raised in the loop, which then ends the process (a display that cannot draw must not
+    leave a process that looks alive).
     """
 
     def __init__(
@@ -33,8 +37,9 @@ class LiveDisplay:
     ) -> None:
         self.alert_bps = alert_bps
         self.clock = clock
-        self.watcher: SnapshotWatcher | None = None
-        self._latest: tuple[dict[str, Any] | None, list[str]] = (None, [])
+        self.console = console
+        self.failure: BaseException | None = None
+        self._latest: Update | None = None
         self._reroute_logs = sys.stderr.isatty()
         self._saved_streams: list[tuple[logging.StreamHandler, Any]] = []
         self.live = Live(
@@ -44,27 +49,41 @@ class LiveDisplay:
             get_renderable=self.render,
         )
 
-    def attach(self, watcher: SnapshotWatcher) -> None:
-        """Count restarts and missed snapshots as `watcher` sees them."""
-        self.watcher = watcher
-
-    def show(self, snapshot: dict[str, Any], notices: list[str]) -> None:
-        """Make `snapshot` the one on screen (the PositionServer's `show` callback)."""
-        self._latest = (snapshot, notices)  # one assignment: the refresh thread reads it
+    def show(self, update: Update) -> None:
+        """Make `update` the one on screen (the PositionServer's `show` callback)."""
+        self._latest = update  # one assignment: the refresh thread reads it
         self.live.refresh()
+        self.check()
+
+    def check(self) -> None:
+        """Raise the error the refresh thread met while drawing, if any."""
+        if self.failure is not None:
+            raise RuntimeError("the live view failed while drawing") from self.failure
 
     def render(self) -> RenderableType:
-        """The screen as of now: called by rich on every refresh."""
-        snapshot, notices = self._latest
-        interval = (snapshot or {}).get("interval", DEFAULT_INTERVAL)
-        return live_view(
-            snapshot,
-            notices,
-            now=self.clock(),
-            restarts=self.watcher.restarts if self.watcher else 0,
-            missed=self.watcher.missed if self.watcher else 0,
+        """The screen as of now: called by rich on every refresh (from its thread)."""
+        if self.failure is not None:
+            return Text("")
+        try:
+            return self._render()
+        except Exception as exc:  # noqa: BLE001 - any error is reported by check()
+            self.failure = exc
+            return Text("")
+
+    def _render(self) -> RenderableType:
+        update = self._latest
+        if update is None:
+            return waiting_view()
+        return desk_view(
+            update.desk,
+            update.notices,
+            width=self.console.width,
+            height=self.console.height,
             alert_bps=self.alert_bps,
-            stale_after=SILENCE_INTERVALS * interval,
+            now=self.clock(),
+            restarts=update.restarts,
+            missed=update.missed,
+            stale_after=SILENCE_INTERVALS * update.desk.interval,
         )
 
     def __enter__(self) -> LiveDisplay:
