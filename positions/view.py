@@ -21,6 +21,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from positions.desk import BPS_PER_PERCENT_POINT as BPS_PER_PERCENT_POINT  # for report.py
 from positions.desk import CLOCK_FORMAT, Desk, local_time
 
 DEVIATION_ALERT_BPS = 50  # deviations beyond this many basis points are highlighted

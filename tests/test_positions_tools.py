@@ -26,10 +26,11 @@ from common.protocol import (
 from controller.engine import Engine, to_record
 from controller.journal import JournalWriter
 from positions import cli, report
+from positions.desk import read_snapshot
 from positions.live import LiveDisplay
 from positions.record import Recorder, open_for_reading, read_runs, read_snapshots
-from positions.service import SnapshotWatcher
-from positions.view import BAR_WIDTH, TARGET_MARK, live_view, weight_bar
+from positions.service import SnapshotWatcher, Update
+from positions.view import BAR_WIDTH, TARGET_MARK, desk_view, waiting_view, weight_bar
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 START = 1_700_000_000.0  # a wall-clock time for recorded snapshots
@@ -82,6 +83,11 @@ def rendered(renderable) -> str:
 
 
 # -- the live view -------------------------------------------------------------------------
+def live_view(snapshot, notices, now, restarts=0, missed=0, alert_bps=50):
+    desk = read_snapshot(snapshot)
+    return desk_view(desk, notices, 250, alert_bps, now=now, restarts=restarts, missed=missed)
+
+
 def test_live_view_shows_every_account_ticker_and_the_header_counts(snapshot):
     text = rendered(live_view(snapshot, [], now=START + 7, restarts=2, missed=1))
     for account in SPLIT:
@@ -99,12 +105,12 @@ def test_live_view_shows_every_account_ticker_and_the_header_counts(snapshot):
 
 
 def test_live_view_before_any_snapshot_says_it_is_waiting():
-    assert "Waiting for the first positions snapshot" in rendered(live_view(None, [], now=0))
+    assert "Waiting for the first positions snapshot" in rendered(waiting_view())
 
 
 def test_deviation_beyond_the_alert_threshold_is_coloured(snapshot):
     row = snapshot["accounts"]["acct-alpha"]
-    row["deviation"] = 0.75  # percentage points: 75 bp
+    row["weight"] = row["target"] + 0.75  # percentage points: 75 bp
     strict = Console(record=True, width=250, file=io.StringIO(), force_terminal=True)
     strict.print(live_view(snapshot, [], now=START, alert_bps=50))
     lenient = Console(record=True, width=250, file=io.StringIO(), force_terminal=True)
@@ -129,10 +135,9 @@ def test_live_display_redraws_in_place_and_ages_without_new_snapshots(snapshot):
     display = LiveDisplay(console, clock=clock)
     watcher = SnapshotWatcher()
     watcher.observe({"instance": "old", "seq": 9})
-    watcher.observe(snapshot)
-    display.attach(watcher)
+    notices = watcher.observe(snapshot)
     with display:
-        display.show(snapshot, ["controller restarted (old -> run-a)"])
+        display.show(Update(read_snapshot(snapshot), notices, watcher.restarts, watcher.missed))
         assert "age 3 s" in rendered(display.render())
         clock.advance(40)  # no new snapshot: the age still moves, and turns stale
         assert "age 43 s" in rendered(display.render())
