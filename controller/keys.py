@@ -159,7 +159,7 @@ def write_permissions(
     if sources:
         entry["sources"] = sources
     document[name] = entry
-    text = tomlkit.dumps(document)
+    text = tomlkit.dumps(document).rstrip("\n") + "\n"
     path = allow_dir / PERMISSIONS_FILE
     parse_permissions(text, str(path))  # never write what the controller would refuse
     write_atomically(path, text.encode("utf-8"))
