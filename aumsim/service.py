@@ -1,13 +1,12 @@
-"""The AUM simulator's loop: a fresh account split every interval, delivered reliably."""
+"""The AUM simulator's loop: a split every interval (drifting by default), delivered reliably."""
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 
-from aumsim.splits import random_split
+from aumsim.splits import DEFAULT_DRIFT, SplitWalk
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import split_message
 from common.sender import STOP_FLUSH, MessageTooLarge, ReliableSender, worth_logging
@@ -27,6 +26,7 @@ class AumSimulator:
         count: int | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drift: float = DEFAULT_DRIFT,
     ) -> None:
         self.sender = sender
         self.accounts = accounts
@@ -35,7 +35,7 @@ class AumSimulator:
         self.clock = clock
         self.sent = 0
         self.refused = 0  # too large to send (never queued)
-        self.rng = random.Random(seed)
+        self.splits = SplitWalk(accounts, drift, seed)
 
     def done(self) -> bool:
         return self.count is not None and self.sent + self.refused >= self.count
@@ -69,7 +69,7 @@ class AumSimulator:
             log.warning("%s: %d splits sent: %s", sender.source, self.sent, sender.summary())
 
     def send_one(self) -> None:
-        split = random_split(self.rng, self.accounts)
+        split = self.splits.next()
         try:
             seq = self.sender.send(split_message(self.sender.source, 0, split))
         except MessageTooLarge as exc:
