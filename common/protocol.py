@@ -4,6 +4,15 @@ Inputs (PUSH -> controller PULL) are single msgpack maps with string keys:
     fill:  {"type": "fill", "source", "seq", "ticker", "price", "quantity"}
     split: {"type": "split", "source", "seq", "splits": {account: percent}}
 Outputs (controller PUB) are two frames [topic, msgpack map]; see docs/protocol.md.
+
+The typed shapes, in the order a message meets them:
+- inputs: `Fill`, `Split` and `Rejected` (a message that failed validation but whose
+  source and seq could be read: it is sequenced and journaled like the others), plus
+  `Unreadable` (no identity: answered, never sequenced);
+- decisions, what the book did with an input: `Allocated`, `Held`, `SplitApplied`, and the
+  `Rejected` record itself;
+- outputs, what the controller publishes: `Ack`, `RejectedNotice`, `Allocated` (as an
+  allocation event) and the positions snapshot, each encoded by one function here.
 """
 
 from __future__ import annotations
@@ -19,9 +28,9 @@ import msgpack
 FILL = "fill"
 SPLIT = "split"
 TOPIC_ALLOCATION = b"allocation"
-TOPIC_REJECTED = b"rejected"
+TOPIC_REJECTED = b"rejected"  # rejections with no readable source; b"rejected:" + source else
 TOPIC_POSITIONS = b"positions"
-TOPIC_ACK = b"ack"
+TOPIC_ACK = b"ack:"  # + source: each sender subscribes to its own acks only
 
 # -- the universe and the limits ---------------------------------------------------------
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "TSLA", "JPM", "V", "XOM")
@@ -38,9 +47,18 @@ SPLIT_TOLERANCE = 0.01  # percentage points; splits within it are normalised exa
 PERCENT_DECIMALS = 6
 PERCENT_SCALE = 10**PERCENT_DECIMALS
 
+#: What inputs mean and how they are allocated, as one number recorded in every journal
+#: header: a journal replays to the same book only under the rules that wrote it. Bump it
+#: whenever any of these changes (docs/architecture.md keeps the history):
+#: prices are decimals of at most PRICE_DECIMALS places kept as integer micro-units; split
+#: percents mean their decimals (33.33 is 3333/100) and are normalised exactly; the
+#: allocation rule is the exact optimum of controller/allocator.py, ties by account name.
+RULES_VERSION = 2
 
-class Rejection(ValueError):
-    """A message that cannot be accepted, with a sentence saying why."""
+
+class Invalid(ValueError):
+    """Raised by validation: a message that cannot be accepted, with a sentence saying why
+    and whatever of its identity (source, seq) could be read."""
 
     def __init__(self, reason: str, source: str | None = None, seq: int | None = None):
         super().__init__(reason)
@@ -82,6 +100,143 @@ class Split:
         total = sum(self.weights)
         return {a: 100 * w / total for a, w in zip(self.accounts, self.weights, strict=True)}
 
+    def percent_map(self) -> dict[str, float]:
+        """The percents as the sender wrote them (what the journal keeps)."""
+        return dict(zip(self.accounts, self.percents, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that failed validation but names its source and seq: it uses up that seq,
+    is journaled, and is answered on the source's rejection topic."""
+
+    source: str
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An input whose source or seq cannot be read: answered on the bare rejection topic,
+    dead-lettered, never sequenced or journaled."""
+
+    reason: str
+    source: str | None = None  # readable source with an unreadable seq, for the log
+
+
+#: What the sequencer orders, the journal keeps and the book applies.
+Input = Fill | Split | Rejected
+
+
+# -- decisions: what the book did with an input ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Allocated:
+    """`fill` was split across accounts: shares per account, zeros left out.
+
+    `released` is true for a fill that had waited for the first split."""
+
+    fill: Fill
+    shares: dict[str, int]
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """`fill` arrived before any split and waits for the first one."""
+
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class SplitApplied:
+    """`split` is now in force; `released` waiting fills were allocated under it."""
+
+    split: Split
+    released: int
+
+
+Decision = Allocated | Held | SplitApplied | Rejected
+
+
+# -- outputs: what the controller publishes ---------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Everything from `source` up to `seq` is durable (0: nothing yet)."""
+
+    source: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedNotice:
+    """A rejection to publish: of a message with identity, or of an unreadable one."""
+
+    reason: str
+    source: str | None = None
+    seq: int | None = None
+
+
+Output = Allocated | Ack | RejectedNotice
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """One account in a snapshot; money in dollars, weights and targets in percent."""
+
+    positions: dict[str, int]
+    value: float  # book value: net cash invested
+    market_value: float  # holdings at last prices
+    weight: float  # share of the total book value, percent
+    target: float  # target of the split in force, percent
+    deviation: float  # weight - target, percentage points
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "value": self.value,
+            "market_value": self.market_value,
+            "weight": self.weight,
+            "target": self.target,
+            "deviation": self.deviation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The full state a position server shows; published every interval on `positions`."""
+
+    accounts: dict[str, AccountRow]
+    prices: dict[str, float]
+    totals: dict[str, Any]  # positions per ticker, value, market_value
+    counts: dict[str, int]  # fills, splits, rejected, pending, duplicates, gaps, held, ...
+    split: dict[str, Any] | None  # source and seq of the split in force
+    sources: dict[str, int]  # last applied seq per source
+    seq: int  # the snapshot's own number, per controller run
+    instance: str  # the controller process that sent it
+    time: float  # wall-clock seconds since the epoch
+    interval: float  # seconds between snapshots
+    journal: str | None = None  # the journal identity the state belongs to
+    paused: bool = False  # input paused: the journal's disk is full
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "accounts": {name: row.to_body() for name, row in self.accounts.items()},
+            "prices": self.prices,
+            "totals": self.totals,
+            "counts": self.counts,
+            "split": self.split,
+            "sources": self.sources,
+            "seq": self.seq,
+            "instance": self.instance,
+            "time": self.time,
+            "interval": self.interval,
+            "journal": self.journal,
+            "paused": self.paused,
+        }
+
+    def frames(self) -> list[bytes]:
+        return [TOPIC_POSITIONS, _packer.pack(self.to_body())]
+
 
 # -- encoding ----------------------------------------------------------------------------
 _packer = msgpack.Packer(use_bin_type=True)
@@ -121,29 +276,83 @@ def read_event(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     return topic, msgpack.unpackb(payload, raw=False, strict_map_key=False)
 
 
+def ack_topic(source: str) -> bytes:
+    """The topic of `source`'s acks (ZeroMQ filters by prefix: check the body's source too)."""
+    return TOPIC_ACK + source.encode()
+
+
+def rejected_topic(source: str) -> bytes:
+    """The topic of rejections of `source`'s messages."""
+    return TOPIC_REJECTED + b":" + source.encode()
+
+
+def encode_output(output: Output, instance: str) -> list[bytes]:
+    """The two frames that publish one output; `instance` names the controller process."""
+    if type(output) is Allocated:
+        return allocation_frames(output)
+    if type(output) is Ack:
+        body = {"source": output.source, "seq": output.seq, "instance": instance}
+        return [ack_topic(output.source), _packer.pack(body)]
+    assert type(output) is RejectedNotice
+    if output.source is None or output.seq is None:
+        return [TOPIC_REJECTED, _packer.pack({"reason": output.reason, "instance": instance})]
+    body = {
+        "reason": output.reason,
+        "source": output.source,
+        "seq": output.seq,
+        "instance": instance,
+    }
+    return [rejected_topic(output.source), _packer.pack(body)]
+
+
+def allocation_frames(allocated: Allocated) -> list[bytes]:
+    """The per-fill `allocation` event: the fill and the shares each account received."""
+    fill = allocated.fill
+    body = {
+        "source": fill.source,
+        "seq": fill.seq,
+        "ticker": fill.ticker,
+        "price": fill.price,
+        "quantity": fill.quantity,
+        "allocations": allocated.shares,
+    }
+    return [TOPIC_ALLOCATION, _packer.pack(body)]
+
+
 # -- validation --------------------------------------------------------------------------
-def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
-    """Decode and validate one input message; raise Rejection with a specific reason."""
+def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Input | Unreadable:
+    """Decode and validate one input message into what the controller sequences: a Fill or
+    Split, a Rejected record (invalid, identity readable), or Unreadable. Never raises."""
+    try:
+        return validate(raw, tickers)
+    except Invalid as invalid:
+        if invalid.source is not None and invalid.seq is not None:
+            return Rejected(invalid.source, invalid.seq, invalid.reason)
+        return Unreadable(invalid.reason, invalid.source)
+
+
+def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
+    """Decode and validate one input message; raise Invalid with a specific reason."""
     # An oversize message is still read for its source and seq, so that its seq is consumed.
     oversize = len(raw) > MAX_MESSAGE_BYTES
     try:
         body = msgpack.unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
         reason = f"not valid msgpack ({type(exc).__name__}: {exc})"
-        raise Rejection(_size_reason(raw) if oversize else reason) from None
+        raise Invalid(_size_reason(raw) if oversize else reason) from None
     if not isinstance(body, dict):
         reason = f"message must be a msgpack map, got {type(body).__name__}"
-        raise Rejection(_size_reason(raw) if oversize else reason)
+        raise Invalid(_size_reason(raw) if oversize else reason)
     try:
         source, seq = _read_identity(body)
     except RecursionError:
-        raise Rejection(_NESTED) from None
-    except Rejection as rejection:
+        raise Invalid(_NESTED) from None
+    except Invalid as rejection:
         if oversize:
-            raise Rejection(_size_reason(raw), rejection.source) from None
+            raise Invalid(_size_reason(raw), rejection.source) from None
         raise
     if oversize:
-        raise Rejection(_size_reason(raw), source, seq)
+        raise Invalid(_size_reason(raw), source, seq)
     try:
         kind = body.get("type")
         if kind == FILL:
@@ -151,11 +360,11 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split
         if kind == SPLIT:
             return _split(body, source, seq)
         if kind is None:
-            raise Rejection("missing field 'type'")
-        raise Rejection(f"unknown message type {kind!r} (expected 'fill' or 'split')")
+            raise Invalid("missing field 'type'")
+        raise Invalid(f"unknown message type {kind!r} (expected 'fill' or 'split')")
     except RecursionError:
-        raise Rejection(_NESTED, source, seq) from None
-    except Rejection as rejection:
+        raise Invalid(_NESTED, source, seq) from None
+    except Invalid as rejection:
         rejection.source, rejection.seq = source, seq
         raise
 
@@ -201,27 +410,27 @@ def _read_identity(body: dict) -> tuple[str, int]:
     source = body.get("source")
     seq = body.get("seq")
     if source is None:
-        raise Rejection("missing field 'source'")
+        raise Invalid("missing field 'source'")
     _check_name("source", source)
     if seq is None:
-        raise Rejection("missing field 'seq'", source)
+        raise Invalid("missing field 'seq'", source)
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
-        raise Rejection(f"seq must be an integer from 1 to {MAX_SEQ}, got {seq!r}", source)
+        raise Invalid(f"seq must be an integer from 1 to {MAX_SEQ}, got {seq!r}", source)
     return source, seq
 
 
 def _check_name(what: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
-        raise Rejection(f"{what} must be a non-empty string, got {name!r}")
+        raise Invalid(f"{what} must be a non-empty string, got {name!r}")
     if len(name) > MAX_NAME_LENGTH:
-        raise Rejection(f"{what} is {len(name)} characters, over the {MAX_NAME_LENGTH} limit")
+        raise Invalid(f"{what} is {len(name)} characters, over the {MAX_NAME_LENGTH} limit")
 
 
 def _require(body: dict, field: str) -> Any:
     try:
         return body[field]
     except KeyError:
-        raise Rejection(f"missing field {field!r}") from None
+        raise Invalid(f"missing field {field!r}") from None
 
 
 def _fill(body: dict, source: str, seq: int, tickers: frozenset[str] | set[str]) -> Fill:
@@ -229,41 +438,41 @@ def _fill(body: dict, source: str, seq: int, tickers: frozenset[str] | set[str])
     price = _require(body, "price")
     quantity = _require(body, "quantity")
     if type(ticker) is not str or ticker not in tickers:
-        raise Rejection(f"unknown ticker {ticker!r} (not in the universe of {len(tickers)})")
+        raise Invalid(f"unknown ticker {ticker!r} (not in the universe of {len(tickers)})")
     return Fill(source, seq, ticker, price_units(price), _quantity(quantity))
 
 
 def price_units(price: Any) -> int:
-    """The price in integer units of 1/PRICE_SCALE; Rejection unless it is exactly that."""
+    """The price in integer units of 1/PRICE_SCALE; Invalid unless it is exactly that."""
     kind = type(price)
     if kind is int:
         units = price * PRICE_SCALE
     elif kind is float:
         if not math.isfinite(price):
-            raise Rejection(f"price must be a finite number, got {price!r}")
+            raise Invalid(f"price must be a finite number, got {price!r}")
         if price <= 0:
-            raise Rejection(f"price must be > 0, got {price!r}")
+            raise Invalid(f"price must be > 0, got {price!r}")
         if price > MAX_PRICE:
-            raise Rejection(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
+            raise Invalid(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
         units = round(price * PRICE_SCALE)
         if units / PRICE_SCALE != price:
-            raise Rejection(f"price {price!r} has more than {PRICE_DECIMALS} decimal places")
+            raise Invalid(f"price {price!r} has more than {PRICE_DECIMALS} decimal places")
     else:
-        raise Rejection(f"price must be a number, got {type(price).__name__} {price!r}")
+        raise Invalid(f"price must be a number, got {type(price).__name__} {price!r}")
     if units <= 0:
-        raise Rejection(f"price must be > 0, got {price!r}")
+        raise Invalid(f"price must be > 0, got {price!r}")
     if units > MAX_PRICE * PRICE_SCALE:
-        raise Rejection(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
+        raise Invalid(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
     return units
 
 
 def _quantity(quantity: Any) -> int:
     if type(quantity) is not int:
-        raise Rejection(f"quantity must be a whole number (int), got {quantity!r}")
+        raise Invalid(f"quantity must be a whole number (int), got {quantity!r}")
     if quantity <= 0:
-        raise Rejection(f"quantity must be > 0, got {quantity}")
+        raise Invalid(f"quantity must be > 0, got {quantity}")
     if quantity > MAX_QUANTITY:
-        raise Rejection(f"quantity {quantity:,} is over the {MAX_QUANTITY:,} limit per fill")
+        raise Invalid(f"quantity {quantity:,} is over the {MAX_QUANTITY:,} limit per fill")
     return quantity
 
 
@@ -274,27 +483,27 @@ def _split(body: dict, source: str, seq: int) -> Split:
 def build_split(source: str, seq: int, splits: Any) -> Split:
     """Validate a map of account -> percent into an exactly normalised Split."""
     if not isinstance(splits, dict):
-        raise Rejection(f"splits must be a map of account to percent, got {type(splits).__name__}")
+        raise Invalid(f"splits must be a map of account to percent, got {type(splits).__name__}")
     if not splits:
-        raise Rejection("splits is empty: at least one account is needed")
+        raise Invalid("splits is empty: at least one account is needed")
     if len(splits) > MAX_ACCOUNTS:
-        raise Rejection(f"splits has {len(splits)} accounts, over the {MAX_ACCOUNTS} limit")
+        raise Invalid(f"splits has {len(splits)} accounts, over the {MAX_ACCOUNTS} limit")
     for account, percent in splits.items():
         _check_name("account name", account)
         if type(percent) not in (int, float):
-            raise Rejection(f"percent for account {account!r} must be a number, got {percent!r}")
+            raise Invalid(f"percent for account {account!r} must be a number, got {percent!r}")
         if not math.isfinite(percent):
-            raise Rejection(f"percent for account {account!r} must be finite, got {percent!r}")
+            raise Invalid(f"percent for account {account!r} must be finite, got {percent!r}")
         if percent < 0:
-            raise Rejection(f"percent for account {account!r} is negative ({percent!r})")
+            raise Invalid(f"percent for account {account!r} is negative ({percent!r})")
         if percent > SPLIT_TOTAL + SPLIT_TOLERANCE:
-            raise Rejection(f"percent for account {account!r} is over {SPLIT_TOTAL} ({percent!r})")
+            raise Invalid(f"percent for account {account!r} is over {SPLIT_TOTAL} ({percent!r})")
     numerators, denominator = _exact_percents(list(splits.values()))
     total = sum(numerators)
     # |total/denominator - 100| <= SPLIT_TOLERANCE, exactly (tolerance is 1/100).
     if abs(100 * total - 100 * SPLIT_TOTAL * denominator) > denominator:
         shown = sum(float(p) for p in splits.values())
-        raise Rejection(f"percentages sum to {shown:.6g}, not 100 (tolerance {SPLIT_TOLERANCE})")
+        raise Invalid(f"percentages sum to {shown:.6g}, not 100 (tolerance {SPLIT_TOLERANCE})")
     common = math.gcd(*numerators)  # smaller weights, same fractions: faster allocation
     numerators = [n // common for n in numerators]
     rows = sorted(zip(splits, numerators, splits.values(), strict=True))

@@ -1,38 +1,61 @@
 """The book: the controller's whole state, and the only code that changes it.
 
-Pure Python, no sockets, no clock: apply splits and fills, keep shares per account per
-ticker and exact book values (integer micro-units, so money never drifts), hold fills
-that arrive before the first split, and describe itself as a snapshot.
+Pure Python, no sockets, no clock. `Book.apply` takes one input (a fill, a split or a
+rejection record) and returns what happened (typed decisions from common.protocol); it is
+the one mutator, used live by the engine, in recovery and by every offline tool, so they
+cannot disagree. It keeps shares per account per ticker and exact book values (integer
+micro-units, so money never drifts), holds fills that arrive before the first split, and
+splits each fill with an allocation rule (the exact rule unless a tool asks for another).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from common.protocol import PRICE_SCALE, Fill, Split, build_split
+from common.protocol import (
+    Allocated,
+    Decision,
+    Fill,
+    Held,
+    Input,
+    Rejected,
+    Split,
+    SplitApplied,
+    build_split,
+)
 from controller.allocator import allocate_integral, name_ranks
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
+BOOK = "book"  # an account's value is the cash it has put in (price paid)
+MARKET = "market"  # an account's value is its holdings at each ticker's last fill price
+VALUATIONS = (BOOK, MARKET)
 
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """How one fill was split: shares per account, in account order, zeros left out."""
-
-    fill: Fill
-    shares: dict[str, int]
+#: An allocation rule: (accounts, values, weights, price, quantity, ranks) -> shares per
+#: account in the order given. `allocate_integral` is the controller's; tools plug others in.
+Rule = Callable[[Sequence[str], Sequence[int], Sequence[int], int, int, Sequence[int]], list[int]]
 
 
 class Book:
     """Positions and book values per account, the split in force, fills waiting for one."""
 
-    def __init__(self, tickers: tuple[str, ...] | list[str]) -> None:
+    def __init__(
+        self,
+        tickers: tuple[str, ...] | list[str],
+        rule: Rule | None = None,
+        valuation: str = BOOK,
+    ) -> None:
+        """`rule` splits each fill (the exact rule, `allocate_integral`, unless given)."""
+        if valuation not in VALUATIONS:
+            raise ValueError(f"valuation must be one of {', '.join(VALUATIONS)}, got {valuation!r}")
         self.tickers = tuple(tickers)
+        self.rule: Rule = rule if rule is not None else allocate_integral
+        self.valuation = valuation
         self.accounts: list[str] = []
         self._index: dict[str, int] = {}
-        self._ranks: list[int] = []  # tie-break order of the accounts (by name)
+        self.ranks: list[int] = []  # tie-break order of the accounts (by name)
         self.values: list[int] = []  # book value per account, micro-units
         self.positions: list[dict[str, int]] = []  # shares per ticker per account
         self.weights: list[int] = []  # current split, aligned with accounts (0 = not in it)
@@ -43,37 +66,51 @@ class Book:
         self.splits_applied = 0
         self.rejected = 0
 
-    # -- changes -------------------------------------------------------------------------
-    def apply_split(self, split: Split) -> list[Allocation]:
-        """Make `split` the one in force; allocate any fills that were waiting for it."""
+    # -- the one mutator -----------------------------------------------------------------
+    def apply(self, item: Input) -> list[Decision]:
+        """Apply one input and say what happened: a fill is Allocated or Held; a split is
+        SplitApplied, followed by an Allocated for each fill that was waiting for it; a
+        rejection record is counted and returned as its own decision."""
+        if type(item) is Fill:
+            return [self._apply_fill(item)]
+        if type(item) is Split:
+            return self._apply_split(item)
+        if type(item) is Rejected:
+            self.rejected += 1
+            return [item]
+        raise TypeError(f"not a book input: {item!r}")
+
+    def _apply_split(self, split: Split) -> list[Decision]:
         known = len(self.accounts)
         for account in split.accounts:
             self._ensure_account(account)
         if len(self.accounts) != known:
-            self._ranks = name_ranks(self.accounts)  # once per split, not per new account
+            self.ranks = name_ranks(self.accounts)  # once per split, not per new account
         self.weights = [0] * len(self.accounts)
         for account, weight in zip(split.accounts, split.weights, strict=True):
             self.weights[self._index[account]] = weight
         self.split = split
         self.splits_applied += 1
-        released = [self._allocate(fill) for fill in self.pending]
-        self.pending.clear()
-        return released
+        waiting, self.pending = self.pending, deque()
+        decisions: list[Decision] = [SplitApplied(split, len(waiting))]
+        decisions.extend(self._allocate(fill, released=True) for fill in waiting)
+        return decisions
 
-    def apply_fill(self, fill: Fill) -> Allocation | None:
-        """Allocate `fill` now, or hold it (None) until the first split arrives."""
+    def _apply_fill(self, fill: Fill) -> Allocated | Held:
         self.last_price[fill.ticker] = fill.price_units
         if self.split is None:
             self.pending.append(fill)
-            return None
+            return Held(fill)
         return self._allocate(fill)
 
-    def count_rejection(self) -> None:
-        self.rejected += 1
-
-    def _allocate(self, fill: Fill) -> Allocation:
-        shares = allocate_integral(
-            self.accounts, self.values, self.weights, fill.price_units, fill.quantity, self._ranks
+    def _allocate(self, fill: Fill, released: bool = False) -> Allocated:
+        shares = self.rule(
+            self.accounts,
+            self.values if self.valuation == BOOK else self.market_values(),
+            self.weights,
+            fill.price_units,
+            fill.quantity,
+            self.ranks,
         )
         given = {}
         ticker, price = fill.ticker, fill.price_units
@@ -85,7 +122,7 @@ class Book:
                 held[ticker] = held.get(ticker, 0) + count
                 given[accounts[i]] = count
         self.fills_allocated += 1
-        return Allocation(fill, given)
+        return Allocated(fill, given, released)
 
     def _ensure_account(self, account: str) -> None:
         if account not in self._index:
@@ -96,6 +133,18 @@ class Book:
             self.weights.append(0)
 
     # -- views ---------------------------------------------------------------------------
+    def market_values(self) -> list[int]:
+        """Each account's holdings at each ticker's last fill price, micro-units."""
+        prices = self.last_price
+        return [sum(count * prices[t] for t, count in held.items()) for held in self.positions]
+
+    def valued(self) -> list[int]:
+        """Each account's value under this book's valuation, micro-units."""
+        return self.values if self.valuation == BOOK else self.market_values()
+
+    def weight_total(self) -> int:
+        return sum(self.weights)
+
     def total_shares(self) -> dict[str, int]:
         """Shares allocated per ticker, over all accounts."""
         totals = dict.fromkeys(self.tickers, 0)
@@ -104,40 +153,9 @@ class Book:
                 totals[ticker] = totals.get(ticker, 0) + count
         return totals
 
-    def snapshot(self) -> dict[str, Any]:
-        """Full state for the position server: accounts, prices, totals and counts."""
-        total_value = sum(self.values)
-        targets = self.split.target_percent() if self.split else {}
-        accounts = {}
-        for i, account in enumerate(self.accounts):
-            held = self.positions[i]
-            market = sum(count * self.last_price[t] for t, count in held.items())
-            weight = 100 * self.values[i] / total_value if total_value else 0.0
-            target = targets.get(account, 0.0)
-            accounts[account] = {
-                "positions": {t: held.get(t, 0) for t in self.tickers},
-                "value": self.values[i] / PRICE_SCALE,
-                "market_value": market / PRICE_SCALE,
-                "weight": weight,
-                "target": target,
-                "deviation": weight - target,
-            }
-        return {
-            "accounts": accounts,
-            "prices": {t: p / PRICE_SCALE for t, p in self.last_price.items()},
-            "totals": {
-                "positions": self.total_shares(),
-                "value": total_value / PRICE_SCALE,
-                "market_value": sum(a["market_value"] for a in accounts.values()),
-            },
-            "counts": {
-                "fills": self.fills_allocated,
-                "splits": self.splits_applied,
-                "rejected": self.rejected,
-                "pending": len(self.pending),
-            },
-            "split": {"source": self.split.source, "seq": self.split.seq} if self.split else None,
-        }
+    def grow_universe(self, tickers: Sequence[str]) -> None:
+        """Add tickers the configuration names now (the universe may grow, never shrink)."""
+        self.tickers = tuple(dict.fromkeys([*tickers, *self.tickers]))
 
     # -- checkpoints ---------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -145,13 +163,12 @@ class Book:
         split = self.split
         return {
             "version": STATE_VERSION,
+            "valuation": self.valuation,
             "tickers": list(self.tickers),
             "accounts": list(self.accounts),
             "values": [str(v) for v in self.values],
             "positions": [dict(held) for held in self.positions],
-            "split": None
-            if split is None
-            else [split.source, split.seq, dict(zip(split.accounts, split.percents, strict=True))],
+            "split": None if split is None else [split.source, split.seq, split.percent_map()],
             "last_price": dict(self.last_price),
             "pending": [
                 [f.source, f.seq, f.ticker, f.price_units, f.quantity] for f in self.pending
@@ -160,13 +177,13 @@ class Book:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Book:
+    def from_state(cls, state: dict[str, Any], rule: Rule | None = None) -> Book:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported book state version {state.get('version')!r}")
-        book = cls(state["tickers"])
+        book = cls(state["tickers"], rule, state["valuation"])
         for account in state["accounts"]:
             book._ensure_account(account)
-        book._ranks = name_ranks(book.accounts)
+        book.ranks = name_ranks(book.accounts)
         book.values = [int(v) for v in state["values"]]
         book.positions = [dict(p) for p in state["positions"]]
         if state["split"] is not None:
@@ -178,6 +195,10 @@ class Book:
         book.pending = deque(Fill(*f) for f in state["pending"])
         book.fills_allocated, book.splits_applied, book.rejected = state["counts"]
         return book
+
+    def copy(self) -> Book:
+        """An independent book in the same state, with the same rule."""
+        return Book.from_state(self.to_state(), self.rule)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Book) and self.to_state() == other.to_state()

@@ -10,14 +10,26 @@ from pathlib import Path
 import zmq
 
 from common import config, security
+from common.history import recover
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
+from controller.book import VALUATIONS
 from controller.deadletter import DeadLetters
-from controller.engine import recover
-from controller.journal import FSYNC_POLICIES, JournalCorrupt, JournalWriter
+from controller.engine import Engine
+from controller.journal import (
+    FSYNC_POLICIES,
+    JournalCorrupt,
+    JournalHeader,
+    JournalLock,
+    JournalLocked,
+    JournalWriter,
+)
 from controller.service import ControllerService
 
 log = logging.getLogger("controller")
+
+EXIT_BAD_SETTINGS = 2
+EXIT_JOURNAL_FAILED = 3  # a journal write or fsync failed: restart, recovery decides
 
 DEFAULTS = {
     "inputs": "tcp://127.0.0.1:5555",
@@ -28,6 +40,7 @@ DEFAULTS = {
     "fsync": "always",
     "fsync_interval": 1.0,
     "checkpoint_interval": 60.0,
+    "valuation": "book",
     "log_level": "INFO",
     **security.SERVER_DEFAULTS,
 }
@@ -52,14 +65,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync", choices=FSYNC_POLICIES, help="journal sync policy (default always)")
     p.add_argument("--fsync-interval", type=float, metavar="SECONDS")
     p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
+    p.add_argument(
+        "--valuation", choices=VALUATIONS, help="account value: book (cash in) or market"
+    )
     security.add_flags(p, server=True)
     return p
 
 
 #: `python -m controller NAME ...` runs a tool instead of the controller; each module has main().
 TOOLS = {
-    "audit": "controller.audit",
-    "replay": "controller.replay",
+    "audit": "controller.tools.audit",
+    "replay": "controller.tools.replay",
     "keys": "controller.keys",
 }
 
@@ -73,6 +89,8 @@ def setting_problem(args: argparse.Namespace) -> str | None:
         return f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {args.fsync!r}"
     if not args.tickers:
         return "tickers must name at least one ticker"
+    if args.valuation not in VALUATIONS:
+        return f"valuation must be one of {', '.join(VALUATIONS)}, got {args.valuation!r}"
     return None
 
 
@@ -81,39 +99,71 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(argv: list[str]) -> int:
-    """Run the controller until SIGINT/SIGTERM."""
+    """Run the controller until SIGINT/SIGTERM; the exit code says why it stopped."""
     args = config.settings(parser(), argv, DEFAULTS, "controller")
     problem = setting_problem(args)
     if problem:
         log.error("%s", problem)
-        return 2
+        return EXIT_BAD_SETTINGS
     journal_path = Path(args.journal)
-    checkpoint_path = journal_path.with_name(journal_path.name + ".checkpoint")
     stop = StopFlag().install()
-    started = time.monotonic()
     try:
-        engine, replayed = recover(journal_path, checkpoint_path, args.tickers)
+        lock = JournalLock(journal_path)  # before recovery, which may cut a torn tail
+    except JournalLocked as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BAD_SETTINGS
+    except OSError as exc:
+        log.error("cannot start: cannot use journal location %s: %s", journal_path, exc.strerror)
+        return EXIT_BAD_SETTINGS
+    try:
+        return serve_locked(args, journal_path, stop)
+    finally:
+        lock.release()
+
+
+def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -> int:
+    """Recover, then serve; the journal lock is held by the caller."""
+    checkpoint_path = journal_path.with_name(journal_path.name + ".checkpoint")
+    started = time.monotonic()
+
+    def recovered_engine(journal: JournalWriter | None, dead: DeadLetters | None) -> Engine:
+        state = recover(journal_path, checkpoint_path, args.tickers, args.valuation)
+        return Engine.from_recovered(state, journal, dead)
+
+    try:
+        engine = recovered_engine(None, None)
+        engine.journal = JournalWriter(
+            journal_path,
+            args.fsync,
+            args.fsync_interval,
+            header=JournalHeader.new(args.valuation),
+        )
+        engine.deadletters = DeadLetters(
+            journal_path.with_name(journal_path.name + ".rejected.jsonl")
+        )
     except JournalCorrupt as exc:
         log.error("cannot start: %s", exc)
-        return 2
+        return EXIT_BAD_SETTINGS
+    except OSError as exc:
+        log.error("cannot start: cannot write journal %s: %s", journal_path, exc.strerror)
+        return EXIT_BAD_SETTINGS
     log.info(
-        "recovered %d journal records in %.3f s: %d fills allocated, %d pending, %d sources",
-        replayed,
+        "recovered %s in %.3f s: %d fills allocated, %d pending, %d sources",
+        journal_path,
         time.monotonic() - started,
         engine.book.fills_allocated,
         len(engine.book.pending),
         len(engine.sequencer.last_seq),
     )
-    engine.journal = JournalWriter(journal_path, args.fsync, args.fsync_interval)
-    engine.deadletters = DeadLetters(journal_path.with_name(journal_path.name + ".rejected.jsonl"))
+    journal, dead = engine.journal, engine.deadletters
     ctx = zmq.Context()
     try:
         guard = security.server_security(ctx, args, [args.inputs, args.publish], "controller")
     except security.SecurityError as exc:
         log.error("cannot start: %s", exc)
-        engine.journal.close()
+        journal.close()
         ctx.term()
-        return 2
+        return EXIT_BAD_SETTINGS
     try:
         service = ControllerService(
             ctx,
@@ -124,10 +174,11 @@ def serve(argv: list[str]) -> int:
             checkpoint_path=checkpoint_path,
             checkpoint_interval=args.checkpoint_interval,
             security=guard,
+            rebuild=lambda: recovered_engine(journal, dead),
         )
     except zmq.ZMQError as exc:
         log.error("cannot bind: %s", exc)
-        engine.journal.close()
+        journal.close()
         if guard is not None:
             guard.stop()
         ctx.destroy(linger=0)
@@ -138,5 +189,5 @@ def serve(argv: list[str]) -> int:
         service.close()
         if guard is not None:
             guard.stop()
-        ctx.term()
-    return 0
+        ctx.destroy(linger=0)
+    return EXIT_JOURNAL_FAILED if service.failure else 0

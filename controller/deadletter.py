@@ -1,4 +1,5 @@
-"""Dead letters: every rejected input, with its reason and raw bytes, kept beside the journal."""
+"""Dead letters: every rejected input, with its reason and (the head of) its raw bytes,
+kept beside the journal, within a fixed disk budget so that bad input can never fill it."""
 
 from __future__ import annotations
 
@@ -9,28 +10,53 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common.protocol import Rejection
+#: Raw bytes kept per rejected message (as hex); the rest is counted, not stored.
+MAX_STORED_BYTES = 4096
+#: The file is rotated (to `<name>.1`, replacing the previous one) past this size, so dead
+#: letters take at most about twice this on disk.
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 class DeadLetters:
     """Appends one JSON line per rejected message; flushed with each journal batch."""
 
-    def __init__(self, path: str | os.PathLike, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        clock: Callable[[], float] = time.time,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_stored_bytes: int = MAX_STORED_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives with us)
         self._clock = clock
+        self.max_file_bytes = max_file_bytes
+        self.max_stored_bytes = max_stored_bytes
+        self.rotations = 0
 
-    def write(self, raw: bytes, rejection: Rejection) -> None:
+    def write(self, raw: bytes, reason: str, source: str | None, seq: int | None) -> None:
+        """Record one rejected message: when, why, whose, and its first bytes as hex."""
         when = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds")
         line = {
             "time": when,
-            "reason": rejection.reason,
-            "source": rejection.source,
-            "seq": rejection.seq,
-            "raw_hex": raw.hex(),
+            "reason": reason,
+            "source": source,
+            "seq": seq,
+            "size": len(raw),
+            "raw_hex": raw[: self.max_stored_bytes].hex(),
+            "truncated": len(raw) > self.max_stored_bytes,
         }
         self._file.write(json.dumps(line) + "\n")
+        if self._file.tell() >= self.max_file_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """Keep one previous file; start a new one."""
+        self._file.close()
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.rotations += 1
 
     def flush(self) -> None:
         self._file.flush()

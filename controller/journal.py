@@ -1,8 +1,15 @@
 """The journal: an append-only file of accepted inputs, and atomic checkpoints beside it.
 
-File layout: an 8-byte header (magic + format version), then records of
-    [u32 payload length][u32 CRC-32 of payload][payload: one msgpack array]
-written in batches (group commit: one write, one flush and at most one fsync per batch).
+File layout: an 8-byte preamble (magic + format version), a header record saying what the
+journal means (its identity, the rules version and the valuation that wrote it), then
+records, each framed as
+    [u32 payload length][u32 CRC-32 of payload][payload: one msgpack value]
+and written in batches (group commit: one write and at most one fsync per batch).
+
+Fail-stop: once a write or an fsync fails the writer refuses everything after it (after a
+failed fsync the page cache cannot be trusted, so it is never retried); the process must
+exit and let recovery decide what reached the disk. A disk that is merely full (ENOSPC,
+EDQUOT on write) is reported apart: the batch is cut back and nothing of it is durable.
 
 At start-up a torn last record (the process died mid-write) is detected and cut off; a bad
 record with good data after it is corruption, and start-up stops with the offset named.
@@ -10,25 +17,33 @@ record with good data after it is corruption, and start-up stops with the offset
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import struct
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from common.protocol import RULES_VERSION, Fill, Input, Invalid, Rejected, Split, build_split
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"FILLJNL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 1 << 20
-CHECKPOINT_MAGIC = b"FILLCKP1"
+CHECKPOINT_MAGIC = b"FILLCKP2"
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
@@ -37,6 +52,95 @@ FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL)
 
 class JournalCorrupt(RuntimeError):
     """A record in the middle of the journal is damaged; refusing to guess."""
+
+
+class JournalUnsupported(JournalCorrupt):
+    """The journal was written under a format or rules this code does not implement."""
+
+
+class JournalFailed(RuntimeError):
+    """A write or fsync failed: nothing since the last good commit may be acknowledged, and
+    this process must not write the journal again (fail-stop)."""
+
+
+class JournalFull(RuntimeError):
+    """The disk is full: the batch was cut back, nothing of it is durable; retry later."""
+
+
+class JournalLocked(RuntimeError):
+    """Another live process holds the journal."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalHeader:
+    """What a journal means: who it is, the rules and valuation its records were written
+    under (replaying it under others would build a different book), and when it began."""
+
+    journal_id: str
+    rules: int
+    valuation: str
+    created: str
+
+    @classmethod
+    def new(cls, valuation: str) -> JournalHeader:
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        return cls(uuid.uuid4().hex, RULES_VERSION, valuation, created)
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "journal": self.journal_id,
+            "rules": self.rules,
+            "valuation": self.valuation,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_map(cls, path: Path, body: Any) -> JournalHeader:
+        try:
+            return cls(body["journal"], body["rules"], body["valuation"], body["created"])
+        except (TypeError, KeyError):
+            raise JournalCorrupt(f"{path}: the journal header is unreadable") from None
+
+    def check_supported(self, path: str | os.PathLike) -> None:
+        """JournalUnsupported unless this code implements the rules the journal was written by."""
+        if self.rules != RULES_VERSION:
+            raise JournalUnsupported(
+                f"{path} was written under allocation rules version {self.rules}; this "
+                f"release implements version {RULES_VERSION} only (see docs/architecture.md), "
+                "so replaying it could build a different book than the one published"
+            )
+
+
+def frame(payload: bytes) -> bytes:
+    """One record as stored: length, CRC-32, payload."""
+    return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class JournalLock:
+    """An exclusive OS lock held for as long as a controller uses a journal.
+
+    The lock lives on `<journal>.lock`, which also names the holder's pid for the message a
+    second controller prints. flock is released by the kernel when the holder dies."""
+
+    def __init__(self, journal: str | os.PathLike) -> None:
+        self.path = Path(f"{journal}.lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise JournalLocked(
+                f"journal {journal} is in use by another controller (pid {holder})"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1
 
 
 class JournalWriter:
@@ -48,18 +152,30 @@ class JournalWriter:
         fsync: str = FSYNC_ALWAYS,
         fsync_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        header: JournalHeader | None = None,
     ) -> None:
+        """Open `path` for appending; a new (empty) journal gets `header` (a fresh one for
+        book valuation by default), an existing one keeps its own (see `self.header`)."""
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.failed = False
         self.offset = os.lseek(self._fd, 0, os.SEEK_END)
         if self.offset == 0:
-            os.write(self._fd, HEADER)
+            self.header = header if header is not None else JournalHeader.new("book")
+            start = HEADER + frame(msgpack.packb(self.header.to_map(), use_bin_type=True))
+            os.write(self._fd, start)
             os.fsync(self._fd)
             _fsync_dir(self.path.parent)
-            self.offset = len(HEADER)
+            self.offset = len(start)
+        else:
+            existing = read_header(self.path)
+            if existing is None:
+                os.close(self._fd)
+                raise JournalCorrupt(f"{self.path}: the journal header is incomplete")
+            self.header = existing
         self._buffer = bytearray()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._policy = fsync
@@ -69,39 +185,84 @@ class JournalWriter:
         self._unsynced = False
 
     def append(self, record: list[Any]) -> None:
-        payload = self._packer.pack(record)
-        self._buffer += RECORD_HEADER.pack(len(payload), zlib.crc32(payload))
-        self._buffer += payload
+        self._buffer += frame(self._packer.pack(record))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes appended since the last commit (what the next commit must write)."""
+        return len(self._buffer)
 
     def commit(self) -> int:
-        """Write what was appended, sync by policy; returns the end offset."""
+        """Write what was appended, sync by policy; returns the end offset.
+
+        JournalFull: the disk is full; the batch was cut back (drop it, retry later).
+        JournalFailed: any other write error or any fsync error; the writer is dead."""
+        self._check_alive()
         if self._buffer:
-            try:
-                written = os.write(self._fd, self._buffer)
-                while written < len(self._buffer):  # os.write may be partial on a full disk
-                    written += os.write(self._fd, memoryview(self._buffer)[written:])
-            except OSError:
-                os.ftruncate(self._fd, self.offset)  # no half batch left behind to write twice
-                raise
-            self.offset += len(self._buffer)
-            self._buffer.clear()
-            self._unsynced = True
+            self._write_batch()
         if self._unsynced and (
             self._policy == FSYNC_ALWAYS or self._clock() - self._last_sync >= self._interval
         ):
             self.sync()
         return self.offset
 
+    def discard(self) -> None:
+        """Forget records appended since the last commit (their batch will not be written)."""
+        self._buffer.clear()
+
+    def _write_batch(self) -> None:
+        try:
+            written = os.write(self._fd, self._buffer)
+            while written < len(self._buffer):  # os.write may be partial on a full disk
+                written += os.write(self._fd, memoryview(self._buffer)[written:])
+        except OSError as exc:
+            self._buffer.clear()
+            try:
+                os.ftruncate(self._fd, self.offset)  # no half batch left to write twice
+            except OSError:
+                self.failed = True
+                raise JournalFailed(f"{self.path}: write failed ({exc}) and could not be "
+                                    "cut back") from exc
+            if exc.errno in DISK_FULL_ERRORS:
+                raise JournalFull(f"{self.path}: {os.strerror(exc.errno)}") from exc
+            self.failed = True
+            raise JournalFailed(f"{self.path}: write failed: {exc}") from exc
+        self.offset += len(self._buffer)
+        self._buffer.clear()
+        self._unsynced = True
+
     def sync(self) -> None:
-        os.fsync(self._fd)
+        """fsync once; a failure kills the writer for good (never retried)."""
+        self._check_alive()
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.failed = True
+            raise JournalFailed(f"{self.path}: fsync failed: {exc}") from exc
         self._last_sync = self._clock()
         self._unsynced = False
 
+    def _check_alive(self) -> None:
+        if self.failed:
+            raise JournalFailed(f"{self.path}: an earlier write or fsync failed")
+
     def close(self) -> None:
+        """Commit and sync what is left, then close; after a failure, only close."""
+        if self._fd < 0:
+            return
+        try:
+            if not self.failed:
+                self.commit()
+                if self._unsynced:
+                    self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def abandon(self) -> None:
+        """Close without writing or syncing anything more (fail-stop, or a full disk)."""
+        self._buffer.clear()
         if self._fd >= 0:
-            self.commit()
-            if self._unsynced:
-                self.sync()
             os.close(self._fd)
             self._fd = -1
 
@@ -118,11 +279,14 @@ def read_records(
     if not path.exists():
         return
     with open(path, "rb") as handle:
-        header = handle.read(len(HEADER))
-        _check_header(path, header, repair)
-        if len(header) < len(HEADER):
+        preamble = handle.read(len(HEADER))
+        _check_preamble(path, preamble, repair)
+        if len(preamble) < len(HEADER):
             return
-        base = max(start, len(HEADER))  # only what follows the checkpoint is read
+        first = _header_end(path, handle, repair)
+        if first is None:
+            return
+        base = max(start, first)  # only what follows the checkpoint is read
         handle.seek(base)
         data = handle.read()
     offset, size = 0, len(data)
@@ -143,20 +307,67 @@ def read_records(
         raise JournalCorrupt(f"{path}: corrupt record at offset {base + offset}: {why}")
 
 
-def _check_header(path: Path, header: bytes, repair: bool) -> None:
-    """JournalCorrupt unless `header` is this format's (or a header cut short by a crash)."""
-    if len(header) < len(HEADER):
-        if HEADER.startswith(header):  # died while writing the header
+def read_header(path: str | os.PathLike, repair: bool = False) -> JournalHeader | None:
+    """The journal's header; None for a journal that is absent, empty or died while its
+    header was being written (cut off with `repair`). JournalCorrupt for anything else."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with open(path, "rb") as handle:
+        preamble = handle.read(len(HEADER))
+        _check_preamble(path, preamble, repair)
+        if len(preamble) < len(HEADER):
+            return None
+        handle.seek(len(HEADER))
+        data = handle.read(RECORD_HEADER.size + MAX_RECORD_BYTES)
+    problem = _record_problem(data, 0, len(data))
+    if problem is not None:
+        torn, _ = problem
+        if torn:  # died while writing the header: nothing was ever committed
+            if repair:
+                _truncate(path, 0, "an incomplete header")
+            return None
+        raise JournalCorrupt(f"{path}: the journal header is damaged ({problem[1]})")
+    length = RECORD_HEADER.unpack_from(data, 0)[0]
+    body = msgpack.unpackb(data[RECORD_HEADER.size : RECORD_HEADER.size + length], raw=False)
+    return JournalHeader.from_map(path, body)
+
+
+def records_start(path: str | os.PathLike) -> int:
+    """Where the first record of a journal begins (the end of its header)."""
+    with open(path, "rb") as handle:
+        end = _header_end(Path(path), handle, repair=False)
+    return len(HEADER) if end is None else end
+
+
+def _header_end(path: Path, handle: Any, repair: bool) -> int | None:
+    """The offset of the first record after the header, or None if the header is torn."""
+    header = read_header(path, repair)
+    if header is None:
+        return None
+    handle.seek(len(HEADER))
+    length = RECORD_HEADER.unpack(handle.read(RECORD_HEADER.size))[0]
+    return len(HEADER) + RECORD_HEADER.size + length
+
+
+def _check_preamble(path: Path, preamble: bytes, repair: bool) -> None:
+    """JournalCorrupt unless `preamble` is this format's (or one cut short by a crash)."""
+    if len(preamble) < len(HEADER):
+        if HEADER.startswith(preamble):  # died while writing the header
             if repair:
                 _truncate(path, 0, "an incomplete header")
             return
         raise JournalCorrupt(f"{path}: not a journal (bad header)")
-    if header[: len(MAGIC)] != MAGIC:
+    if preamble[: len(MAGIC)] != MAGIC:
         raise JournalCorrupt(f"{path}: not a journal (bad magic at offset 0)")
-    if header[len(MAGIC)] != FORMAT_VERSION:
-        raise JournalCorrupt(
-            f"{path}: journal format version {header[len(MAGIC)]} is not supported"
+    version = preamble[len(MAGIC)]
+    if version == 1:
+        raise JournalUnsupported(
+            f"{path} is a format 1 journal, written before journals recorded the rules they "
+            "were written under; this release cannot tell how to replay it exactly"
         )
+    if version != FORMAT_VERSION:
+        raise JournalUnsupported(f"{path}: journal format version {version} is not supported")
 
 
 def _record_problem(data: bytes, offset: int, size: int) -> tuple[bool, str] | None:
@@ -205,23 +416,84 @@ def _truncate(path: Path, offset: int, why: str) -> None:
         os.fsync(handle.fileno())
 
 
+# -- records: one input each -------------------------------------------------------------
+FILL_RECORD = "F"
+SPLIT_RECORD = "S"
+REJECT_RECORD = "R"
+
+
+def encode_input(item: Input) -> list[Any]:
+    """The journal record of one input (positional, compact)."""
+    if type(item) is Fill:
+        return [FILL_RECORD, item.source, item.seq, item.ticker, item.price_units, item.quantity]
+    if type(item) is Split:
+        return [SPLIT_RECORD, item.source, item.seq, item.percent_map()]
+    assert type(item) is Rejected
+    return [REJECT_RECORD, item.source, item.seq, item.reason]
+
+
+def decode_record(path: str | os.PathLike, end: int, record: Any) -> Input:
+    """The input a record holds; JournalCorrupt naming its offset if it is malformed."""
+    try:
+        item = _record_input(record)
+    except (Invalid, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise JournalCorrupt(
+            f"{path}: journal record ending at offset {end} is unusable: {exc}"
+        ) from None
+    if not isinstance(item.source, str) or type(item.seq) is not int:
+        raise JournalCorrupt(
+            f"{path}: journal record ending at offset {end} is unusable: source and seq must "
+            f"be a string and an integer, got {item.source!r}, {item.seq!r}"
+        )
+    return item
+
+
+def _record_input(record: Any) -> Input:
+    kind = record[0]
+    if kind == FILL_RECORD:
+        _, source, seq, ticker, price_units, quantity = record
+        if not isinstance(ticker, str):
+            raise ValueError(f"ticker must be a string, got {ticker!r}")
+        for name, number in (("price_units", price_units), ("quantity", quantity)):
+            if type(number) is not int or number <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {number!r}")
+        return Fill(source, seq, ticker, price_units, quantity)
+    if kind == SPLIT_RECORD:
+        return build_split(record[1], record[2], record[3])
+    if kind == REJECT_RECORD:
+        _, source, seq, reason = record
+        return Rejected(source, seq, str(reason))
+    raise ValueError(f"unknown journal record type {kind!r}")
+
+
 # -- checkpoints -------------------------------------------------------------------------
-def write_checkpoint(path: str | os.PathLike, offset: int, state: dict[str, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Saved state as of `offset` in the journal `journal_id`."""
+
+    journal_id: str
+    offset: int
+    state: dict[str, Any]
+
+
+def write_checkpoint(
+    path: str | os.PathLike, journal_id: str, offset: int, state: dict[str, Any]
+) -> None:
     """Atomically save `state` as of journal `offset`: temp file, fsync, rename, fsync dir."""
     path = Path(path)
-    payload = msgpack.packb({"offset": offset, "state": state}, use_bin_type=True)
+    body = {"journal": journal_id, "offset": offset, "state": state}
+    payload = msgpack.packb(body, use_bin_type=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as handle:
-        handle.write(CHECKPOINT_MAGIC + RECORD_HEADER.pack(len(payload), zlib.crc32(payload)))
-        handle.write(payload)
+        handle.write(CHECKPOINT_MAGIC + frame(payload))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     _fsync_dir(path.parent)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict[str, Any]] | None:
-    """(journal offset, state) from a checkpoint, or None if there is none or it is damaged."""
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint | None:
+    """The checkpoint at `path`, or None if there is none or it is damaged."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -237,7 +509,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict[str, Any]] | Non
         log.warning("checkpoint %s fails its checksum; replaying the whole journal", path)
         return None
     body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    return body["offset"], body["state"]
+    return Checkpoint(body["journal"], body["offset"], body["state"])
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -4,11 +4,18 @@ PULL (bind) takes fills and splits from any number of senders; PUB (bind) sends
 `allocation`, `rejected` and `ack` events as they happen and a full `positions` snapshot
 every interval. The loop polls, drains the socket in a batch, commits the batch to the
 journal once, then publishes; timers run off an injected clock so tests need no waiting.
+
+When the journal cannot be written the service never publishes the batch: a full disk
+pauses input (the PULL socket is left unread, so senders keep their outboxes; the engine is
+rebuilt from the journal, which holds exactly what was acknowledged) until space returns;
+any other write or fsync error stops the service for good (fail-stop), and recovery from
+the journal on disk decides what survived.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -17,17 +24,23 @@ from pathlib import Path
 import zmq
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
-from common.protocol import MAX_MESSAGE_BYTES, TOPIC_POSITIONS, event
+from common.protocol import MAX_MESSAGE_BYTES, Output, encode_output
 from common.security import ServerSecurity
 from controller.engine import Engine
+from controller.journal import JournalFailed, JournalFull
+from controller.snapshot import SnapshotMeta, build_snapshot
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2048  # messages drained per journal commit, at most
 BATCH_SECONDS = 0.005  # and at most this long, so no event waits long for its commit
 TRANSPORT_MAX_MESSAGE = 16 * MAX_MESSAGE_BYTES  # beyond this ZeroMQ drops the peer itself
-PUB_HWM = 100_000
+#: Messages queued per subscriber before PUB drops for it: bounds what a subscriber that
+#: never reads can make the controller buffer (snapshots are full state; acks are resent).
+PUB_HWM = 10_000
 SNDMORE = int(zmq.SNDMORE)  # an int: pyzmq's enum flag arithmetic is slow per message
+PAUSE_RETRY_SECONDS = 5.0  # how often a paused controller checks for free space
+FREE_SPACE_MARGIN = 1 << 20  # bytes free beyond the failed batch before input resumes
 
 
 class ControllerService:
@@ -45,8 +58,18 @@ class ControllerService:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         security: ServerSecurity | None = None,
+        rebuild: Callable[[], Engine] | None = None,
+        free_space: Callable[[], int] | None = None,
     ) -> None:
+        """`rebuild` makes a fresh engine from the journal on disk (after a full disk);
+        `free_space` says how many bytes the journal's file system has free."""
         self.engine = engine
+        self.rebuild = rebuild
+        self.free_space = free_space if free_space is not None else self._journal_free_space
+        self.paused_since: float | None = None
+        self.space_needed = 0
+        self.next_space_check = 0.0
+        self.failure: str | None = None  # set when the journal failed: fail-stop
         self.security = security
         self.instance = uuid.uuid4().hex[:12]
         self.clock = clock
@@ -84,25 +107,49 @@ class ControllerService:
         self.next_checkpoint = now + checkpoint_interval
 
     def run(self, stop: StopFlag) -> None:
-        """Serve until `stop` is set, then checkpoint and close."""
-        while not stop:
+        """Serve until `stop` is set or the journal fails, then close."""
+        while not stop and self.failure is None:
             self.step(min(POLL_SLICE_MS, max(0, int((self.next_snapshot - self.clock()) * 1000))))
-        log.info("controller %s stopping (%s)", self.instance, stop.signal_name or "asked")
+        if self.failure is None:
+            log.info("controller %s stopping (%s)", self.instance, stop.signal_name or "asked")
         self.close()
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
 
     def step(self, timeout_ms: int = 0) -> int:
         """Poll up to `timeout_ms`, process what arrived, run due timers; returns messages read."""
-        received = self.drain() if self.pull.poll(timeout_ms) else 0
+        received = 0
+        if self.paused:
+            self._maybe_resume()
+        if not self.paused and self.failure is None and self.pull.poll(timeout_ms):
+            received = self.drain()
+        elif self.paused and timeout_ms:
+            self.pub.poll(timeout_ms, zmq.POLLERR)  # nothing to read: wait out the slice
         now = self.clock()
-        if now >= self.next_snapshot:
+        if now >= self.next_snapshot and self.failure is None:
             self.publish_snapshot()
             # Skip missed slots instead of bursting to catch up.
             missed = (now - self.next_snapshot) // self.snapshot_interval
             self.next_snapshot += (missed + 1) * self.snapshot_interval
-        if self.checkpoint_path is not None and now >= self.next_checkpoint:
-            self.engine.checkpoint(self.checkpoint_path)
+        if self.checkpoint_path is not None and now >= self.next_checkpoint and not self.paused:
+            self._checkpoint()
             self.next_checkpoint = now + self.checkpoint_interval
         return received
+
+    def _checkpoint(self) -> None:
+        """Save a checkpoint; a failure to write it costs only a longer recovery."""
+        if self.checkpoint_path is None or self.failure is not None:
+            return
+        try:
+            self.engine.checkpoint(self.checkpoint_path)
+        except JournalFailed as exc:
+            self._fail(exc)
+        except JournalFull as exc:
+            self._pause(exc)
+        except OSError as exc:
+            log.warning("could not write checkpoint %s: %s", self.checkpoint_path, exc)
 
     def drain(self) -> int:
         """Read what is waiting (up to a batch), commit it once, publish its events.
@@ -122,40 +169,119 @@ class ControllerService:
                     break
         except zmq.Again:
             pass
-        self.publish_events(self.engine.commit())
+        self.commit_and_publish()
         return count
 
-    def publish_events(self, events: list[list[bytes]]) -> None:
+    def commit_and_publish(self) -> None:
+        """Make the batch durable, then publish it; on a journal error publish nothing."""
+        journal = self.engine.journal
+        batch = journal.buffered_bytes if journal is not None else 0
+        try:
+            outputs = self.engine.commit()
+        except JournalFull as exc:
+            self.space_needed = batch
+            self._pause(exc)
+            return
+        except JournalFailed as exc:
+            self._fail(exc)
+            return
+        self.publish_outputs(outputs)
+
+    def publish_outputs(self, outputs: list[Output]) -> None:
         """Send two-frame events; plain send() with an int flag beats send_multipart here."""
-        send = self.pub.send
-        for topic, body in events:
+        send, instance = self.pub.send, self.instance
+        for output in outputs:
+            topic, body = encode_output(output, instance)
             send(topic, SNDMORE)
             send(body)
 
     def publish_snapshot(self) -> None:
         """A full positions snapshot, then every source's ack (for senders that missed one)."""
         self.snapshot_seq += 1
-        snapshot = self.engine.snapshot()
-        snapshot.update(
+        engine = self.engine
+        journal = engine.journal
+        meta = SnapshotMeta(
             seq=self.snapshot_seq,
             instance=self.instance,
             time=self.wall_clock(),
             interval=self.snapshot_interval,
+            peers_rejected=self.security.rejected if self.security else 0,
+            journal=journal.header.journal_id if journal is not None else None,
+            paused=self.paused,
         )
-        snapshot["counts"]["peers_rejected"] = self.security.rejected if self.security else 0
-        self.publish_events([event(TOPIC_POSITIONS, snapshot), *self.engine.acks()])
+        snapshot = build_snapshot(engine.book, engine.delivery(), meta, engine.sequencer.last_seq)
+        topic, body = snapshot.frames()
+        self.pub.send(topic, SNDMORE)
+        self.pub.send(body)
+        self.publish_outputs(list(engine.acks()))
+
+    # -- when the journal cannot be written ------------------------------------------------
+    def _fail(self, exc: JournalFailed) -> None:
+        """Fail-stop: nothing of this batch is acknowledged, the journal is never written
+        again by this process, and the process exits for recovery to decide."""
+        self.failure = str(exc)
+        log.critical(
+            "journal failure, stopping without acknowledging the last batch: %s "
+            "(restart the controller: recovery reads what reached the disk)",
+            exc,
+        )
+        if self.engine.journal is not None:
+            self.engine.journal.abandon()
+
+    def _pause(self, exc: JournalFull) -> None:
+        """Stop reading input until the journal's disk has room again; drop the batch's
+        effects by rebuilding the engine from the journal (what was acknowledged)."""
+        if self.rebuild is None:
+            self._fail(JournalFailed(f"{exc}; no way to rebuild the state to pause"))
+            return
+        if not self.paused:
+            log.error(
+                "journal disk full (%s): pausing input until about %d bytes are free; "
+                "senders keep their messages",
+                exc,
+                self.space_needed + FREE_SPACE_MARGIN,
+            )
+        self.paused_since = self.clock()
+        self.next_space_check = self.clock() + PAUSE_RETRY_SECONDS
+        self.engine = self.rebuild()
+
+    def _maybe_resume(self) -> None:
+        now = self.clock()
+        if now < self.next_space_check:
+            return
+        self.next_space_check = now + PAUSE_RETRY_SECONDS
+        if self.free_space() >= self.space_needed + FREE_SPACE_MARGIN:
+            assert self.paused_since is not None
+            log.warning(
+                "journal disk has room again: resuming input after %.0f s paused",
+                now - self.paused_since,
+            )
+            self.paused_since = None
+
+    def _journal_free_space(self) -> int:
+        journal = self.engine.journal
+        if journal is None:
+            return 0
+        return shutil.disk_usage(journal.path.parent).free
 
     def close(self) -> None:
-        """Commit what is pending, checkpoint, close the sockets and the journal."""
+        """Commit what is pending, checkpoint, close the sockets and the journal; after a
+        journal failure, close without writing or acknowledging anything more."""
         if self.pull.closed:
             return
         self.pull.close()
-        self.publish_events(self.engine.commit())
-        if self.checkpoint_path is not None:
-            self.engine.checkpoint(self.checkpoint_path)
-        if self.engine.journal is not None:
-            self.engine.journal.close()
+        if self.failure is None and not self.paused:
+            self.commit_and_publish()
+            self._checkpoint()
+        journal = self.engine.journal
+        if journal is not None:
+            if self.failure is None:
+                try:
+                    journal.close()
+                except (JournalFailed, OSError) as exc:
+                    self._fail(JournalFailed(str(exc)))
+            journal.abandon()
         if self.engine.deadletters is not None:
             self.engine.deadletters.close()
-        self.pub.close()
+        self.pub.close(linger=0 if self.failure else None)
         log.info("controller %s stopped", self.instance)

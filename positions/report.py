@@ -20,10 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from common import config, logs
-from common.protocol import Fill, Rejection, Split
-from controller.book import Book
-from controller.engine import from_record
-from controller.journal import JournalCorrupt, read_records
+from common.history import JournalCorrupt, replay_journal
+from common.protocol import Allocated, Split, SplitApplied
+from positions.desk import BPS_PER_PERCENT_POINT
 from positions.record import (
     DEFAULT_RECORD,
     RecordError,
@@ -33,7 +32,6 @@ from positions.record import (
     read_runs,
     read_snapshots,
 )
-from positions.view import BPS_PER_PERCENT_POINT
 
 if TYPE_CHECKING:  # matplotlib is imported only when a chart is drawn
     from matplotlib.figure import Figure
@@ -100,37 +98,28 @@ class TrackingError:
 
 # -- histories -----------------------------------------------------------------------------
 def history_from_journal(path: str | Path) -> History:
-    """Replay a controller journal through a fresh Book: one point per fill allocated."""
+    """Replay a controller journal (common.history): one point per fill allocated."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"journal {path} does not exist")
     history = History(FILLS_AXIS, f"journal {path}")
-    book = Book(())
+    split: Split | None = None
     try:
-        for offset, record in read_records(path):
-            apply_record(book, history, record, offset)
+        for _, decisions, book in replay_journal(path):
+            allocated = sum(type(d) is Allocated for d in decisions)
+            for decision in decisions:
+                if type(decision) is SplitApplied:
+                    if split is not None and split_key(split) != split_key(decision.split):
+                        # the first fill under the new split
+                        history.split_changes.append(book.fills_allocated - allocated + 1)
+                    split = decision.split
+            if allocated:
+                history.points.append(
+                    book_point(book.fills_allocated, book.accounts, book.values, split)
+                )
     except JournalCorrupt as exc:
         raise SourceError(str(exc)) from None
     return history
-
-
-def apply_record(book: Book, history: History, record: list[Any], offset: int) -> None:
-    """Apply one journal record to `book`, adding a point when fills were allocated."""
-    try:
-        item = from_record(record)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        raise SourceError(f"journal record ending at offset {offset} is unusable: {exc}") from None
-    allocated = book.fills_allocated
-    if type(item) is Split:
-        if book.split is not None and split_key(book.split) != split_key(item):
-            history.split_changes.append(allocated + 1)  # the first fill under the new split
-        book.apply_split(item)
-    elif type(item) is Fill:
-        book.apply_fill(item)
-    elif type(item) is Rejection:
-        book.count_rejection()
-    if book.fills_allocated > allocated:
-        history.points.append(book_point(book))
 
 
 def split_key(split: Split) -> tuple[str, int]:
@@ -138,15 +127,17 @@ def split_key(split: Split) -> tuple[str, int]:
     return split.source, split.seq
 
 
-def book_point(book: Book) -> Point:
-    """The book's weights (from its values) and targets (from its split) after a fill."""
-    total = sum(book.values)
-    targets = book.split.target_percent() if book.split else {}
+def book_point(
+    fills: int, accounts: list[str], values: list[int], split: Split | None
+) -> Point:
+    """Weights (from book values) and targets (from the split) after a fill."""
+    total = sum(values)
+    targets = split.target_percent() if split else {}
     weights = {
         account: 100 * value / total if total else 0.0
-        for account, value in zip(book.accounts, book.values, strict=True)
+        for account, value in zip(accounts, values, strict=True)
     }
-    return Point(book.fills_allocated, weights, {a: targets.get(a, 0.0) for a in weights})
+    return Point(fills, weights, {a: targets.get(a, 0.0) for a in weights})
 
 
 def history_from_record(path: str | Path, run: str | None = None) -> History:

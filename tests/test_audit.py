@@ -14,6 +14,7 @@ import pytest
 
 from common.protocol import (
     TOPIC_ALLOCATION,
+    encode_output,
     fill_message,
     pack,
     read_event,
@@ -21,9 +22,10 @@ from common.protocol import (
 )
 from controller import book as book_module
 from controller import cli
-from controller.audit import BLOTTER_COLUMNS
+from controller.book import Book
 from controller.engine import Engine
-from controller.journal import HEADER, RECORD_HEADER, JournalWriter, read_records
+from controller.journal import RECORD_HEADER, JournalWriter, read_records, records_start
+from controller.tools.audit import BLOTTER_COLUMNS
 from fillsim.market import Market
 
 TICKERS = ("AAPL", "MSFT", "XOM")
@@ -45,7 +47,7 @@ class Journal:
         self.fills: list[tuple[str, int, str]] = []  # (source, seq, ticker) in journal order
         self._seq: dict[str, int] = {}
         writer = JournalWriter(self.path)
-        self.engine = Engine(TICKERS, journal=writer)
+        self.engine = Engine(Book(TICKERS), journal=writer)
         market = Market(TICKERS, seed=3)
         self.fill("desk-1", *market.next_fill())  # waits for the first split
         self.split(FIRST_SPLIT)
@@ -72,14 +74,14 @@ class Journal:
 
     def send(self, message: dict) -> None:
         self.engine.receive(pack(message))
-        for frames in self.engine.commit():
-            topic, body = read_event(frames)
+        for output in self.engine.commit():
+            topic, body = read_event(encode_output(output, "test"))
             if topic == TOPIC_ALLOCATION:
                 self.allocations[(body["source"], body["seq"])] = body["allocations"]
 
     def edit_fill(self, source: str, seq: int, price_units=None, quantity=None) -> None:
         """Change one fill record and recompute its CRC, so the journal still reads."""
-        out = bytearray(HEADER)
+        out = bytearray(self.path.read_bytes()[: records_start(self.path)])
         for _, record in read_records(self.path):
             if record[:3] == ["F", source, seq]:
                 record[4] = record[4] if price_units is None else price_units
@@ -260,10 +262,10 @@ def test_a_missing_journal_is_exit_2_with_a_message(tmp_path, capsys):
 
 def test_a_corrupt_journal_is_exit_2_naming_the_offset(journal, capsys):
     data = bytearray(journal.path.read_bytes())
-    data[len(HEADER) + RECORD_HEADER.size + 2] ^= 0xFF  # first record's payload, CRC kept
+    data[records_start(journal.path) + RECORD_HEADER.size + 2] ^= 0xFF  # first record's payload, CRC kept
     journal.path.write_bytes(bytes(data))
     assert audit("--journal", journal.path, "--verify") == 2
-    assert f"corrupt record at offset {len(HEADER)}" in capsys.readouterr().err
+    assert f"corrupt record at offset {records_start(journal.path)}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,10 @@ from helpers import meant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.protocol import PRICE_SCALE, Fill, build_split
+from common.protocol import PRICE_SCALE, Allocated, Fill, Rejected, Split, build_split
 from controller.allocator import allocate
 from controller.book import Book
+from controller.snapshot import build_snapshot
 
 TICKERS = ("AAPL", "MSFT", "XOM")
 
@@ -26,6 +27,29 @@ def fill(ticker: str, price: str | int, quantity: int, seq: int = 1, source: str
 
 def split(percents: dict[str, float], seq: int = 1, source: str = "aum"):
     return build_split(source, seq, percents)
+
+
+def apply_fill(book: Book, f: Fill) -> Allocated | None:
+    """Apply a fill through Book.apply: its allocation, or None if it was held."""
+    (decision,) = book.apply(f)
+    return decision if type(decision) is Allocated else None
+
+
+def apply_split(book: Book, s: Split) -> list[Allocated]:
+    """Apply a split through Book.apply: the allocations of the fills it released."""
+    decisions = book.apply(s)
+    return [d for d in decisions if type(d) is Allocated]
+
+
+NO_DELIVERY = {"duplicates": 0, "gaps": 0, "held": 0, "dropped": 0, "peers_rejected": 0}
+
+
+def snapshot_of(book: Book) -> dict:
+    return build_snapshot(book).to_body()
+
+
+def reject(book: Book) -> None:
+    assert book.apply(Rejected("f", 99, "bad")) == [Rejected("f", 99, "bad")]
 
 
 class Reference:
@@ -82,15 +106,15 @@ def test_fills_before_the_first_split_wait_in_order_then_are_allocated():
         fill("XOM", "0.000001", 1_000_001, seq=4),
     ]
     for f in fills:
-        assert book.apply_fill(f) is None
+        assert apply_fill(book, f) is None
     assert list(book.pending) == fills
     assert book.fills_allocated == 0
     assert all(not held for held in book.positions)
-    assert book.snapshot()["counts"]["pending"] == 4
+    assert snapshot_of(book)["counts"]["pending"] == 4
     assert book.last_price["AAPL"] == 187_300_000  # prices are tracked while waiting
 
     percents = {"acct-b": 25.5, "acct-a": 44.5, "acct-c": 30}
-    released = book.apply_split(split(percents))
+    released = apply_split(book, split(percents))
 
     reference = Reference()
     for f in fills:
@@ -105,24 +129,24 @@ def test_fills_before_the_first_split_wait_in_order_then_are_allocated():
 
     # A later fill goes straight through.
     later = fill("MSFT", "411", 50, seq=5)
-    allocation = book.apply_fill(later)
+    allocation = apply_fill(book, later)
     assert allocation is not None and allocation.fill == later
     assert allocation.shares == reference.apply_fill(later)
     reference.check(book)
-    assert book.snapshot()["counts"]["pending"] == 0
+    assert snapshot_of(book)["counts"]["pending"] == 0
 
 
 def test_allocations_match_allocate_step_by_step():
     book = Book(TICKERS)
     reference = Reference()
     percents = {"a": 33.33, "b": 33.33, "c": 33.34}
-    assert book.apply_split(split(percents)) == []
+    assert apply_split(book, split(percents)) == []
     reference.apply_split(percents)
     for i, (ticker, price, quantity) in enumerate(
         [("AAPL", "10", 1), ("AAPL", "10.01", 2), ("MSFT", "999.999999", 5), ("XOM", "0.5", 17)] * 5
     ):
         f = fill(ticker, price, quantity, seq=i + 1)
-        allocation = book.apply_fill(f)
+        allocation = apply_fill(book, f)
         assert allocation.shares == reference.apply_fill(f)
         assert 0 not in allocation.shares.values()
         reference.check(book)
@@ -131,65 +155,65 @@ def test_allocations_match_allocate_step_by_step():
 # -- conservation and exactness ------------------------------------------------------------
 def test_shares_are_conserved_per_ticker():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 50, "b": 30, "c": 20}))
+    apply_split(book, split({"a": 50, "b": 30, "c": 20}))
     sent = dict.fromkeys(TICKERS, 0)
     quantities = [1, 2, 3, 7, 11, 101, 999, 12_345]
     for i, quantity in enumerate(quantities * 3):
         ticker = TICKERS[i % 2]  # XOM never trades
-        book.apply_fill(fill(ticker, f"{10 + i}.25", quantity, seq=i + 1))
+        apply_fill(book, fill(ticker, f"{10 + i}.25", quantity, seq=i + 1))
         sent[ticker] += quantity
         if i == 10:
-            book.apply_split(split({"b": 10, "c": 60, "d": 30}, seq=2))
+            apply_split(book, split({"b": 10, "c": 60, "d": 30}, seq=2))
     assert book.total_shares() == sent
     assert sent["XOM"] == 0
     for ticker in TICKERS:
         assert sum(held.get(ticker, 0) for held in book.positions) == sent[ticker]
-    assert book.snapshot()["totals"]["positions"] == sent
+    assert snapshot_of(book)["totals"]["positions"] == sent
 
 
 def test_values_are_exact_integers_with_no_drift():
     book = Book(TICKERS)
-    book.apply_split(split({"only": 100}))
+    apply_split(book, split({"only": 100}))
     for seq in (1, 2, 3):
-        book.apply_fill(fill("AAPL", "0.1", 1, seq=seq))
+        apply_fill(book, fill("AAPL", "0.1", 1, seq=seq))
     assert 0.1 + 0.1 + 0.1 != 0.3  # what floats would have given
     assert book.values == [300_000]
     assert type(book.values[0]) is int
-    snapshot = book.snapshot()
+    snapshot = snapshot_of(book)
     assert snapshot["accounts"]["only"]["value"] == 0.3
     assert snapshot["totals"]["value"] == 0.3
 
 
 def test_values_are_exact_across_many_accounts():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 33.33, "b": 33.33, "c": 33.34}))
+    apply_split(book, split({"a": 33.33, "b": 33.33, "c": 33.34}))
     for seq in range(1, 1001):
-        book.apply_fill(fill("AAPL", "0.1", 7, seq=seq))
+        apply_fill(book, fill("AAPL", "0.1", 7, seq=seq))
     assert sum(book.values) == 7000 * 100_000
     for i, held in enumerate(book.positions):
         assert book.values[i] == held["AAPL"] * 100_000
-    assert book.snapshot()["totals"]["value"] == 700.0
+    assert snapshot_of(book)["totals"]["value"] == 700.0
 
 
 def test_dropped_accounts_get_nothing_more_but_keep_positions():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 50, "b": 50}))
+    apply_split(book, split({"a": 50, "b": 50}))
     for seq in range(1, 6):
-        book.apply_fill(fill("AAPL", "100", 10, seq=seq))
+        apply_fill(book, fill("AAPL", "100", 10, seq=seq))
     a = book.accounts.index("a")
     kept_positions = dict(book.positions[a])
     kept_value = book.values[a]
     assert kept_positions == {"AAPL": 25}
 
-    book.apply_split(split({"b": 50, "c": 50}, seq=2))
+    apply_split(book, split({"b": 50, "c": 50}, seq=2))
     for seq in range(6, 20):
-        allocation = book.apply_fill(fill("MSFT", "3.5", 9, seq=seq))
+        allocation = apply_fill(book, fill("MSFT", "3.5", 9, seq=seq))
         assert "a" not in allocation.shares
     assert book.positions[a] == kept_positions
     assert book.values[a] == kept_value
     assert book.accounts == ["a", "b", "c"]
 
-    snapshot = book.snapshot()
+    snapshot = snapshot_of(book)
     assert snapshot["accounts"]["a"]["positions"] == {"AAPL": 25, "MSFT": 0, "XOM": 0}
     assert snapshot["accounts"]["a"]["target"] == 0.0
     assert snapshot["totals"]["positions"] == {"AAPL": 50, "MSFT": 14 * 9, "XOM": 0}
@@ -197,22 +221,22 @@ def test_dropped_accounts_get_nothing_more_but_keep_positions():
 
 def test_zero_percent_account_exists_but_gets_nothing():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 100, "z": 0}))
-    allocation = book.apply_fill(fill("AAPL", "1", 1000))
+    apply_split(book, split({"a": 100, "z": 0}))
+    allocation = apply_fill(book, fill("AAPL", "1", 1000))
     assert allocation.shares == {"a": 1000}
-    assert book.snapshot()["accounts"]["z"]["positions"] == dict.fromkeys(TICKERS, 0)
+    assert snapshot_of(book)["accounts"]["z"]["positions"] == dict.fromkeys(TICKERS, 0)
 
 
 # -- snapshot ------------------------------------------------------------------------------
 def test_snapshot_fields():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 60, "b": 40}, seq=7, source="aum-1"))
-    assert book.apply_fill(fill("AAPL", "10", 100)).shares == {"a": 60, "b": 40}
-    assert book.apply_fill(fill("AAPL", "12.5", 10)).shares == {"a": 6, "b": 4}
-    assert book.apply_fill(fill("MSFT", "3", 5)).shares == {"a": 3, "b": 2}
-    book.count_rejection()
+    apply_split(book, split({"a": 60, "b": 40}, seq=7, source="aum-1"))
+    assert apply_fill(book, fill("AAPL", "10", 100)).shares == {"a": 60, "b": 40}
+    assert apply_fill(book, fill("AAPL", "12.5", 10)).shares == {"a": 6, "b": 4}
+    assert apply_fill(book, fill("MSFT", "3", 5)).shares == {"a": 3, "b": 2}
+    reject(book)
 
-    snapshot = book.snapshot()
+    snapshot = snapshot_of(book)
     assert snapshot["accounts"] == {
         "a": {
             "positions": {"AAPL": 66, "MSFT": 3, "XOM": 0},
@@ -237,12 +261,12 @@ def test_snapshot_fields():
         "value": 1140.0,
         "market_value": 1390.0,
     }
-    assert snapshot["counts"] == {"fills": 3, "splits": 1, "rejected": 1, "pending": 0}
+    assert snapshot["counts"] == {"fills": 3, "splits": 1, "rejected": 1, "pending": 0, **NO_DELIVERY}
     assert snapshot["split"] == {"source": "aum-1", "seq": 7}
 
     # A new split moves targets and deviations, not weights or values.
-    book.apply_split(split({"b": 50, "c": 50}, seq=8, source="aum-1"))
-    accounts = book.snapshot()["accounts"]
+    apply_split(book, split({"b": 50, "c": 50}, seq=8, source="aum-1"))
+    accounts = snapshot_of(book)["accounts"]
     assert {a: (v["weight"], v["target"], v["deviation"]) for a, v in accounts.items()} == {
         "a": (60.0, 0.0, 60.0),
         "b": (40.0, 50.0, -10.0),
@@ -250,21 +274,21 @@ def test_snapshot_fields():
     }
     assert accounts["c"]["positions"] == dict.fromkeys(TICKERS, 0)
     assert accounts["c"]["value"] == 0.0 and accounts["c"]["market_value"] == 0.0
-    assert book.snapshot()["counts"]["splits"] == 2
+    assert snapshot_of(book)["counts"]["splits"] == 2
 
 
 def test_snapshot_market_value_uses_the_last_price_even_of_a_waiting_fill():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 100}))
-    book.apply_fill(fill("AAPL", "10", 10))
-    book.apply_fill(fill("AAPL", "20", 10))
-    snapshot = book.snapshot()
+    apply_split(book, split({"a": 100}))
+    apply_fill(book, fill("AAPL", "10", 10))
+    apply_fill(book, fill("AAPL", "20", 10))
+    snapshot = snapshot_of(book)
     assert snapshot["accounts"]["a"]["value"] == 300.0
     assert snapshot["accounts"]["a"]["market_value"] == 400.0
 
 
 def test_empty_book_snapshot():
-    snapshot = Book(TICKERS).snapshot()
+    snapshot = snapshot_of(Book(TICKERS))
     assert snapshot["accounts"] == {}
     assert snapshot["prices"] == {}
     assert snapshot["totals"] == {
@@ -272,20 +296,20 @@ def test_empty_book_snapshot():
         "value": 0.0,
         "market_value": 0,
     }
-    assert snapshot["counts"] == {"fills": 0, "splits": 0, "rejected": 0, "pending": 0}
+    assert snapshot["counts"] == {"fills": 0, "splits": 0, "rejected": 0, "pending": 0, **NO_DELIVERY}
     assert snapshot["split"] is None
 
 
 # -- state round trip ----------------------------------------------------------------------
 def _busy_book() -> Book:
     book = Book(TICKERS)
-    book.apply_fill(fill("AAPL", "187.25", 100, seq=1))
-    book.apply_split(split({"a": 33.33, "b": 33.33, "c": 33.34}))
+    apply_fill(book, fill("AAPL", "187.25", 100, seq=1))
+    apply_split(book, split({"a": 33.33, "b": 33.33, "c": 33.34}))
     for seq in range(2, 30):
-        book.apply_fill(fill(TICKERS[seq % 3], f"{seq}.123456", seq * 1_000_003, seq=seq))
-    book.apply_split(split({"b": 12.5, "d": 87.5}, seq=2))
-    book.apply_fill(fill("XOM", "999999.999999", 10_000_000_000, seq=30))  # huge values
-    book.count_rejection()
+        apply_fill(book, fill(TICKERS[seq % 3], f"{seq}.123456", seq * 1_000_003, seq=seq))
+    apply_split(book, split({"b": 12.5, "d": 87.5}, seq=2))
+    apply_fill(book, fill("XOM", "999999.999999", 10_000_000_000, seq=30))  # huge values
+    reject(book)
     return book
 
 
@@ -307,36 +331,36 @@ def test_state_round_trip_gives_an_equal_book_that_allocates_identically(via_msg
     assert copy.values == book.values
     assert copy.weights == book.weights
     assert copy.split == book.split
-    assert copy.snapshot() == book.snapshot()
+    assert snapshot_of(copy) == snapshot_of(book)
 
     for seq in range(31, 36):
         f = fill("MSFT", "412.07", 1_234_567 + seq, seq=seq)
-        assert copy.apply_fill(f) == book.apply_fill(f)
+        assert apply_fill(copy, f) == apply_fill(book, f)
     assert copy == book
     next_split = split({"a": 20, "e": 80}, seq=3)
-    assert copy.apply_split(next_split) == book.apply_split(next_split)
+    assert apply_split(copy, next_split) == apply_split(book, next_split)
     f = fill("AAPL", "1", 99, seq=40)
-    assert copy.apply_fill(f) == book.apply_fill(f)
+    assert apply_fill(copy, f) == apply_fill(book, f)
     assert copy == book
 
 
 def test_state_round_trip_keeps_waiting_fills():
     book = Book(TICKERS)
     for seq in range(1, 4):
-        book.apply_fill(fill("AAPL", f"{seq}.5", 10 * seq, seq=seq))
+        apply_fill(book, fill("AAPL", f"{seq}.5", 10 * seq, seq=seq))
     copy = Book.from_state(_through_msgpack(book.to_state()))
     assert copy == book
     assert list(copy.pending) == list(book.pending)
     assert copy.split is None
     s = split({"x": 40, "y": 60})
-    assert copy.apply_split(s) == book.apply_split(s)
+    assert apply_split(copy, s) == apply_split(book, s)
     assert copy == book and not copy.pending
 
 
 def test_books_that_differ_are_not_equal():
     book = _busy_book()
     other = Book.from_state(book.to_state())
-    other.apply_fill(fill("AAPL", "1", 1, seq=99))
+    apply_fill(other, fill("AAPL", "1", 1, seq=99))
     assert other != book
     assert Book(TICKERS) != "not a book"
 
@@ -350,11 +374,11 @@ def test_unknown_state_version_is_rejected():
 
 def test_to_state_is_a_detached_copy():
     book = Book(TICKERS)
-    book.apply_split(split({"a": 100}))
-    book.apply_fill(fill("AAPL", "10", 5))
+    apply_split(book, split({"a": 100}))
+    apply_fill(book, fill("AAPL", "10", 5))
     state = book.to_state()
-    book.apply_split(split({"b": 100}, seq=2))
-    book.apply_fill(fill("AAPL", "10", 5, seq=2))
+    apply_split(book, split({"b": 100}, seq=2))
+    apply_fill(book, fill("AAPL", "10", 5, seq=2))
     assert state["accounts"] == ["a"]
     assert state["positions"] == [{"AAPL": 5}]
 
@@ -405,13 +429,13 @@ def test_book_matches_allocate_on_exact_fractions(operations):
     for seq, operation in enumerate(operations, start=1):
         if operation[0] == "split":
             percents = operation[1]
-            released = book.apply_split(build_split("aum", seq, percents))
+            released = apply_split(book, build_split("aum", seq, percents))
             assert [a.shares for a in released] == reference.apply_split(percents)
         else:
             _, ticker, units, quantity = operation
             f = Fill("f", seq, ticker, units, quantity)
             sent[ticker] += quantity
-            allocation = book.apply_fill(f)
+            allocation = apply_fill(book, f)
             expected = reference.apply_fill(f)
             assert (allocation.shares if allocation else None) == expected
         reference.check(book)

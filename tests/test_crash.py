@@ -18,7 +18,8 @@ from helpers import (
 )
 
 from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS
-from controller.engine import recover
+from common.history import recover
+from controller.snapshot import build_snapshot
 
 FILLS_PER_SERVER = 50_000
 KILLS = 3
@@ -99,11 +100,11 @@ def test_sigkill_controller_mid_stream_loses_and_duplicates_nothing(tmp_path):
     # Positions equal the shares sent, and the book equals a replay of the journal.
     sent = expected_shares([1, 2], FILLS_PER_SERVER)
     assert snapshot["totals"]["positions"] == sent
-    replayed, _ = recover(journal, None, DEFAULT_TICKERS)
+    replayed = recover(journal, None, DEFAULT_TICKERS)
     assert replayed.book.total_shares() == sent
-    from_checkpoint, _ = recover(journal, tmp_path / "journal.checkpoint", DEFAULT_TICKERS)
+    from_checkpoint = recover(journal, tmp_path / "journal.checkpoint", DEFAULT_TICKERS)
     assert from_checkpoint.book == replayed.book
-    final = replayed.book.snapshot()
+    final = build_snapshot(replayed.book).to_body()
     for account, row in snapshot["accounts"].items():
         assert row["positions"] == final["accounts"][account]["positions"]
         assert row["value"] == final["accounts"][account]["value"]
@@ -178,6 +179,6 @@ def test_killing_and_restarting_peers_loses_and_duplicates_nothing(tmp_path):
     sent = int(re.search(r"stopping after (\d+) fills \(0 unacknowledged\)", stopped.stderr)[1])
     stopped_source = re.search(r"fill server (\S+) started", stopped.stderr)[1]
     assert len(per_source[stopped_source]) == sent
-    book = recover(journal, None, DEFAULT_TICKERS)[0].book
+    book = recover(journal, None, DEFAULT_TICKERS).book
     assert snapshot["totals"]["positions"] == book.total_shares()
     assert snapshot["counts"]["fills"] == len(fills)

@@ -14,10 +14,12 @@ from controller.journal import (
     CHECKPOINT_MAGIC,
     HEADER,
     RECORD_HEADER,
+    Checkpoint,
     JournalCorrupt,
     JournalWriter,
     read_checkpoint,
     read_records,
+    records_start,
     write_checkpoint,
 )
 
@@ -59,7 +61,7 @@ def write_journal(path, records=RECORDS) -> list[int]:
 def test_records_are_read_back_with_their_end_offsets(tmp_path):
     path = tmp_path / "j"
     ends = write_journal(path)
-    assert ends[0] == len(HEADER) + len(encoded(RECORDS[0]))
+    assert ends[0] == records_start(path) + len(encoded(RECORDS[0]))
     assert ends[-1] == path.stat().st_size
     assert list(read_records(path)) == list(zip(ends, RECORDS, strict=True))
 
@@ -67,14 +69,16 @@ def test_records_are_read_back_with_their_end_offsets(tmp_path):
 def test_a_batch_is_one_commit_and_offsets_match(tmp_path):
     path = tmp_path / "j"
     writer = JournalWriter(path)
-    assert writer.offset == len(HEADER)
+    start = records_start(path)
+    assert writer.offset == start == path.stat().st_size
     for record in RECORDS:
         writer.append(record)
-    assert path.stat().st_size == len(HEADER)  # nothing written before commit
+    assert path.stat().st_size == start  # nothing written before commit
     end = writer.commit()
     writer.close()
-    assert end == path.stat().st_size == len(HEADER) + sum(len(encoded(r)) for r in RECORDS)
-    assert path.read_bytes() == HEADER + b"".join(encoded(r) for r in RECORDS)
+    assert end == path.stat().st_size == start + sum(len(encoded(r)) for r in RECORDS)
+    assert path.read_bytes()[start:] == b"".join(encoded(r) for r in RECORDS)
+    assert path.read_bytes().startswith(HEADER)
     assert [r for _, r in read_records(path)] == RECORDS
 
 
@@ -180,7 +184,7 @@ def test_a_torn_header_is_cut_to_empty_and_rewritten(tmp_path):
 def test_a_corrupt_record_before_good_ones_raises_naming_its_offset(tmp_path, damaged):
     path = tmp_path / "j"
     ends = write_journal(path)
-    start = len(HEADER) if damaged == 0 else ends[damaged - 1]
+    start = records_start(path) if damaged == 0 else ends[damaged - 1]
     data = bytearray(path.read_bytes())
     data[start + RECORD_HEADER.size + 1] ^= 0x01  # a payload byte of that record
     path.write_bytes(bytes(data))
@@ -221,10 +225,11 @@ def test_a_corrupt_length_before_good_records_is_not_silently_cut_off(tmp_path):
     write_journal(path)
     size = path.stat().st_size
     data = bytearray(path.read_bytes())
-    data[len(HEADER) + 2] ^= 0x01  # length of the first record grows by 65536 bytes
+    start = records_start(path)
+    data[start + 2] ^= 0x01  # length of the first record grows by 65536 bytes
     path.write_bytes(bytes(data))
     try:
-        with pytest.raises(JournalCorrupt, match=f"offset {len(HEADER)}"):
+        with pytest.raises(JournalCorrupt, match=f"offset {start}"):
             list(read_records(path, repair=True))
     finally:
         assert path.stat().st_size == size, "good records were truncated away"
@@ -267,12 +272,12 @@ STATE = {
 
 def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ckp"
-    write_checkpoint(path, 1234, STATE)
-    assert read_checkpoint(path) == (1234, STATE)
+    write_checkpoint(path, "journal-a", 1234, STATE)
+    assert read_checkpoint(path) == Checkpoint("journal-a", 1234, STATE)
     assert not (tmp_path / "ckp.tmp").exists()
     # A newer checkpoint replaces the old one.
-    write_checkpoint(path, 5678, {"x": 1})
-    assert read_checkpoint(path) == (5678, {"x": 1})
+    write_checkpoint(path, "journal-a", 5678, {"x": 1})
+    assert read_checkpoint(path) == Checkpoint("journal-a", 5678, {"x": 1})
 
 
 def test_missing_checkpoint_is_none(tmp_path):
@@ -312,7 +317,7 @@ def _bad_crc(data: bytes) -> bytes:
 )
 def test_damaged_checkpoint_reads_as_none(tmp_path, damage):
     path = tmp_path / "ckp"
-    write_checkpoint(path, 99, STATE)
+    write_checkpoint(path, "journal-a", 99, STATE)
     path.write_bytes(damage(path.read_bytes()))
     assert read_checkpoint(path) is None
 

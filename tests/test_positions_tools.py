@@ -23,8 +23,10 @@ from common.protocol import (
     pack,
     split_message,
 )
-from controller.engine import Engine, to_record
-from controller.journal import JournalWriter
+from controller.book import Book
+from controller.engine import Engine
+from controller.journal import JournalWriter, encode_input
+from controller.snapshot import SnapshotMeta, build_snapshot
 from positions import cli, report
 from positions.desk import read_snapshot
 from positions.live import LiveDisplay
@@ -44,15 +46,14 @@ def engine_snapshot(
     when: float = START,
 ) -> dict:
     """A real controller snapshot after the given splits, then fills, went through an Engine."""
-    engine = Engine(DEFAULT_TICKERS)
+    engine = Engine(Book(DEFAULT_TICKERS))
     for n, split in enumerate(splits, 1):
         engine.receive(pack(split_message("aum", n, split)))
     for n, (ticker, price, quantity) in enumerate(fills, 1):
         engine.receive(pack(fill_message("desk", n, ticker, price, quantity)))
     engine.commit()
-    snapshot = engine.snapshot()
-    snapshot.update(seq=seq, instance=instance, time=when, interval=10.0)
-    return snapshot
+    meta = SnapshotMeta(seq=seq, instance=instance, time=when, interval=10.0)
+    return build_snapshot(engine.book, engine.delivery(), meta, engine.sequencer.last_seq).to_body()
 
 
 SPLIT = {"acct-alpha": 50.0, "acct-beta": 30.0, "acct-gamma": 20.0}
@@ -182,7 +183,7 @@ def test_recorder_writes_rows_and_keeps_them_across_reopening(tmp_path, snapshot
 def write_journal(path, items) -> None:
     writer = JournalWriter(path)
     for item in items:
-        writer.append(to_record(item))
+        writer.append(encode_input(item))
     writer.commit()
     writer.close()
 

@@ -1,4 +1,4 @@
-"""Tests for common.protocol.decode_input: every validation rule, and the valid shapes."""
+"""Tests for common.protocol.validate: every validation rule, and the valid shapes."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ from common.protocol import (
     SPLIT,
     SPLIT_TOLERANCE,
     Fill,
-    Rejection,
+    Invalid,
     Split,
     build_split,
-    decode_input,
     fill_message,
     pack,
     split_message,
     unpack,
+    validate,
 )
 
 TICKERS = frozenset(DEFAULT_TICKERS)
@@ -54,17 +54,17 @@ def without(body: dict, field: str) -> dict:
     return {k: v for k, v in body.items() if k != field}
 
 
-def rejected(raw: bytes, reason: str) -> Rejection:
-    """Decode, expecting a Rejection whose reason is exactly `reason`."""
-    with pytest.raises(Rejection) as info:
-        decode_input(raw, TICKERS)
+def rejected(raw: bytes, reason: str) -> Invalid:
+    """Decode, expecting a Invalid whose reason is exactly `reason`."""
+    with pytest.raises(Invalid) as info:
+        validate(raw, TICKERS)
     assert info.value.reason == reason
     assert str(info.value) == reason
     return info.value
 
 
-def rejected_with_identity(body: dict, reason: str) -> Rejection:
-    """A body whose source and seq are valid: the Rejection must carry both."""
+def rejected_with_identity(body: dict, reason: str) -> Invalid:
+    """A body whose source and seq are valid: the Invalid must carry both."""
     rejection = rejected(pack(body), reason)
     assert rejection.source == SOURCE
     assert rejection.seq == SEQ
@@ -75,7 +75,7 @@ def rejected_with_identity(body: dict, reason: str) -> Rejection:
 
 
 def test_rejection_is_a_value_error():
-    assert issubclass(Rejection, ValueError)
+    assert issubclass(Invalid, ValueError)
 
 
 @pytest.mark.parametrize(
@@ -84,15 +84,15 @@ def test_rejection_is_a_value_error():
     ids=["reserved-byte", "empty", "truncated", "trailing-data"],
 )
 def test_not_msgpack(raw):
-    with pytest.raises(Rejection, match=r"^not valid msgpack \(") as info:
-        decode_input(raw, TICKERS)
+    with pytest.raises(Invalid, match=r"^not valid msgpack \(") as info:
+        validate(raw, TICKERS)
     assert info.value.source is None
     assert info.value.seq is None
 
 
 def test_non_string_map_keys_are_not_valid_msgpack_input():
-    with pytest.raises(Rejection, match=r"^not valid msgpack \(") as info:
-        decode_input(pack({1: "fill"}), TICKERS)
+    with pytest.raises(Invalid, match=r"^not valid msgpack \(") as info:
+        validate(pack({1: "fill"}), TICKERS)
     assert (info.value.source, info.value.seq) == (None, None)
 
 
@@ -131,7 +131,7 @@ def test_message_at_the_size_limit_is_accepted():
     body["padding"] = "x" * padding
     raw = pack(body)
     assert len(raw) == MAX_MESSAGE_BYTES
-    assert isinstance(decode_input(raw, TICKERS), Fill)
+    assert isinstance(validate(raw, TICKERS), Fill)
 
 
 # -- identity: source and seq ----------------------------------------------------------
@@ -168,7 +168,7 @@ def test_bad_source(source, reason):
 
 def test_source_at_the_length_limit_is_accepted():
     source = "s" * MAX_NAME_LENGTH
-    fill = decode_input(pack(fill_body(source=source)), TICKERS)
+    fill = validate(pack(fill_body(source=source)), TICKERS)
     assert fill.source == source
 
 
@@ -186,7 +186,7 @@ def test_bad_seq_carries_the_source(seq):
 
 @pytest.mark.parametrize("seq", [1, MAX_SEQ])
 def test_seq_limits_are_accepted(seq):
-    assert decode_input(pack(fill_body(seq=seq)), TICKERS).seq == seq
+    assert validate(pack(fill_body(seq=seq)), TICKERS).seq == seq
 
 
 # -- type --------------------------------------------------------------------------------
@@ -221,9 +221,9 @@ def test_unknown_ticker(ticker):
 
 def test_ticker_universe_is_the_one_passed_in():
     raw = pack(fill_body(ticker="IBM"))
-    assert decode_input(raw, {"IBM"}).ticker == "IBM"
-    with pytest.raises(Rejection, match=re.escape("(not in the universe of 1)")):
-        decode_input(pack(fill_body()), {"IBM"})
+    assert validate(raw, {"IBM"}).ticker == "IBM"
+    with pytest.raises(Invalid, match=re.escape("(not in the universe of 1)")):
+        validate(pack(fill_body()), {"IBM"})
 
 
 @pytest.mark.parametrize("ticker", [["AAPL"], {"AAPL": 1}], ids=["list", "map"])
@@ -293,14 +293,14 @@ def test_bad_quantity(quantity, reason):
 
 
 def test_valid_fill_with_int_price():
-    fill = decode_input(pack(fill_message(SOURCE, SEQ, "MSFT", 250, 1000)), TICKERS)
+    fill = validate(pack(fill_message(SOURCE, SEQ, "MSFT", 250, 1000)), TICKERS)
     assert fill == Fill(SOURCE, SEQ, "MSFT", 250 * PRICE_SCALE, 1000)
     assert type(fill.price_units) is int
     assert fill.price == 250.0
 
 
 def test_valid_fill_with_two_decimal_price():
-    fill = decode_input(pack(fill_body(price=101.23)), TICKERS)
+    fill = validate(pack(fill_body(price=101.23)), TICKERS)
     assert fill.price_units == 101_230_000
     assert fill.price == 101.23
     assert fill == Fill(SOURCE, SEQ, "AAPL", 101_230_000, 500)
@@ -319,17 +319,17 @@ def test_valid_fill_with_two_decimal_price():
     ],
 )
 def test_price_units_are_exact(price, units):
-    assert decode_input(pack(fill_body(price=price)), TICKERS).price_units == units
+    assert validate(pack(fill_body(price=price)), TICKERS).price_units == units
 
 
 def test_quantity_limits_are_accepted():
-    assert decode_input(pack(fill_body(quantity=1)), TICKERS).quantity == 1
-    fill = decode_input(pack(fill_body(quantity=MAX_QUANTITY)), TICKERS)
+    assert validate(pack(fill_body(quantity=1)), TICKERS).quantity == 1
+    fill = validate(pack(fill_body(quantity=MAX_QUANTITY)), TICKERS)
     assert fill.quantity == MAX_QUANTITY
 
 
 def test_extra_fields_are_ignored():
-    fill = decode_input(pack(fill_body(note="hello")), TICKERS)
+    fill = validate(pack(fill_body(note="hello")), TICKERS)
     assert fill == Fill(SOURCE, SEQ, "AAPL", 101_230_000, 500)
 
 
@@ -345,7 +345,7 @@ def test_fill_round_trip(source, seq, ticker, units, quantity):
     price = units / PRICE_SCALE
     raw = pack(fill_message(source, seq, ticker, price, quantity))
     assert unpack(raw)["type"] == FILL
-    fill = decode_input(raw, TICKERS)
+    fill = validate(raw, TICKERS)
     assert fill == Fill(source, seq, ticker, units, quantity)
     assert fill.price == price
 
@@ -355,8 +355,8 @@ def test_fill_round_trip(source, seq, ticker, units, quantity):
 def test_arbitrary_float_prices_are_exact_or_rejected(price):
     raw = pack(fill_body(price=price))
     try:
-        fill = decode_input(raw, TICKERS)
-    except Rejection as rejection:
+        fill = validate(raw, TICKERS)
+    except Invalid as rejection:
         assert rejection.reason == f"price {price!r} has more than {PRICE_DECIMALS} decimal places"
         assert round(price, PRICE_DECIMALS) != price
     else:
@@ -410,14 +410,14 @@ def test_bad_split(splits, reason):
 def test_split_account_name_not_a_string_via_build_split():
     # msgpack input only allows str/bytes keys; build_split is also used directly
     with pytest.raises(
-        Rejection, match=re.escape("account name must be a non-empty string, got 7")
+        Invalid, match=re.escape("account name must be a non-empty string, got 7")
     ):
         build_split(SOURCE, SEQ, {7: 100})
 
 
 def test_split_with_too_many_accounts():
     splits = {f"a{i}": 100 / (MAX_ACCOUNTS + 1) for i in range(MAX_ACCOUNTS + 1)}
-    with pytest.raises(Rejection) as info:
+    with pytest.raises(Invalid) as info:
         build_split(SOURCE, SEQ, splits)
     assert info.value.reason == (
         f"splits has {MAX_ACCOUNTS + 1} accounts, over the {MAX_ACCOUNTS} limit"
@@ -426,7 +426,7 @@ def test_split_with_too_many_accounts():
 
 def test_split_is_sorted_by_account_name():
     raw = pack(split_body({"zed": 25, "Alpha": 25.5, "mid": 49.5}))
-    split = decode_input(raw, TICKERS)
+    split = validate(raw, TICKERS)
     assert isinstance(split, Split)
     assert (split.source, split.seq) == (SOURCE, SEQ)
     assert split.accounts == ("Alpha", "mid", "zed")
@@ -438,13 +438,13 @@ def test_split_is_sorted_by_account_name():
 
 
 def test_split_single_account():
-    split = decode_input(pack(split_body({"only": 100})), TICKERS)
+    split = validate(pack(split_body({"only": 100})), TICKERS)
     assert split.accounts == ("only",)
     assert split.target_percent() == {"only": 100.0}
 
 
 def test_split_with_zero_percent_account_is_kept():
-    split = decode_input(pack(split_body({"a": 100, "b": 0})), TICKERS)
+    split = validate(pack(split_body({"a": 100, "b": 0})), TICKERS)
     assert split.accounts == ("a", "b")
     assert split.target_percent() == {"a": 100.0, "b": 0.0}
 
@@ -461,38 +461,38 @@ def assert_exactly_normalised(split: Split, splits: dict) -> None:
 def test_split_summing_to_99_995_is_accepted_and_normalised_exactly():
     splits = {"a": 33.33, "b": 33.33, "c": 33.335}
     assert math.isclose(sum(splits.values()), 99.995)
-    split = decode_input(pack(split_body(splits)), TICKERS)
+    split = validate(pack(split_body(splits)), TICKERS)
     assert_exactly_normalised(split, splits)
 
 
 def test_split_of_thirds_at_two_decimals_is_accepted():
     # 33.33 means 33.33: the sum is 99.99, inside the tolerance (its binary value is not).
     splits = {"a": 33.33, "b": 33.33, "c": 33.33}
-    split = decode_input(pack(split_body(splits)), TICKERS)
+    split = validate(pack(split_body(splits)), TICKERS)
     assert split.weights == (1, 1, 1)
 
 
 def test_percent_with_more_decimals_is_used_at_its_exact_value():
     splits = {"a": 100 / 3, "b": 100 / 3, "c": 100 - 200 / 3}
-    assert_exactly_normalised(decode_input(pack(split_body(splits)), TICKERS), splits)
+    assert_exactly_normalised(validate(pack(split_body(splits)), TICKERS), splits)
 
 
 def test_split_50_49_995_is_accepted_and_normalised_exactly():
     splits = {"a": 50, "b": 49.995}
-    split = decode_input(pack(split_body(splits)), TICKERS)
+    split = validate(pack(split_body(splits)), TICKERS)
     assert_exactly_normalised(split, splits)
 
 
 @pytest.mark.parametrize("total", [99.995, 100.005, 99.991, 100.009])
 def test_split_inside_tolerance_accepted(total):
     splits = {"a": 50, "b": total - 50}
-    assert_exactly_normalised(decode_input(pack(split_body(splits)), TICKERS), splits)
+    assert_exactly_normalised(validate(pack(split_body(splits)), TICKERS), splits)
 
 
 @pytest.mark.parametrize("total", [99.98, 100.02, 99.9, 100.1])
 def test_split_outside_tolerance_rejected(total):
-    with pytest.raises(Rejection, match=r"^percentages sum to .*, not 100 \(tolerance"):
-        decode_input(pack(split_body({"a": 50, "b": total - 50})), TICKERS)
+    with pytest.raises(Invalid, match=r"^percentages sum to .*, not 100 \(tolerance"):
+        validate(pack(split_body({"a": 50, "b": total - 50})), TICKERS)
 
 
 @settings(max_examples=100, deadline=None)
@@ -507,7 +507,7 @@ def test_split_outside_tolerance_rejected(total):
 def test_split_round_trip_normalises_any_positive_integers(raw):
     total = sum(raw.values())
     splits = {account: 100 * k / total for account, k in raw.items()}
-    split = decode_input(pack(split_message(SOURCE, SEQ, splits)), TICKERS)
+    split = validate(pack(split_message(SOURCE, SEQ, splits)), TICKERS)
     assert unpack(pack(split_message(SOURCE, SEQ, splits)))["type"] == SPLIT
     assert split.accounts == tuple(sorted(raw))
     assert split.percents == tuple(splits[a] for a in split.accounts)

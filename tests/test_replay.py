@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from common.protocol import DEFAULT_TICKERS, Fill, Split, build_split
+from common.protocol import DEFAULT_TICKERS, Fill, build_split
 from controller import cli
 from controller.book import Book
-from controller.policies import BOOK, EXACT, MARKET, PRO_RATA, pro_rata_shares, run_policy
-from controller.replay import read_inputs
+from controller.tools.policies import BOOK, EXACT, MARKET, PRO_RATA, pro_rata_shares, run_policy
+from controller.tools.replay import read_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "day.jsonl"
@@ -100,11 +100,11 @@ def test_the_exact_book_replay_is_the_controllers_book():
     items = read_inputs(EXAMPLE, UNIVERSE)
     book = Book(DEFAULT_TICKERS)
     for item in items:
-        book.apply_split(item) if type(item) is Split else book.apply_fill(item)
+        book.apply(item)
     run = run_policy(items, EXACT, BOOK)
-    assert run.portfolio.book_values == dict(zip(book.accounts, book.values, strict=True))
+    assert run.values() == dict(zip(book.accounts, book.values, strict=True))
     for account, held in zip(book.accounts, book.positions, strict=True):
-        assert run.portfolio.shares[account] == held
+        assert run.shares()[account] == held
 
 
 def test_a_single_policy_prints_positions(capsys):
@@ -116,9 +116,9 @@ def test_a_single_policy_prints_positions(capsys):
 # -- the rules -----------------------------------------------------------------------------
 def test_pro_rata_gives_leftovers_by_largest_remainder_then_name():
     targets = {"b": Fraction(1, 3), "a": Fraction(1, 3), "c": Fraction(1, 3)}
-    assert pro_rata_shares({}, targets, Fill("f", 1, "AAPL", 1, 2)) == {"a": 1, "b": 1, "c": 0}
+    assert pro_rata_shares(targets, 2) == {"a": 1, "b": 1, "c": 0}
     targets = {"a": Fraction(1, 2), "b": Fraction(3, 10), "c": Fraction(1, 5), "d": Fraction(0)}
-    shares = pro_rata_shares({}, targets, Fill("f", 1, "AAPL", 1, 7))  # 3.5, 2.1, 1.4, 0
+    shares = pro_rata_shares(targets, 7)  # 3.5, 2.1, 1.4, 0
     assert shares == {"a": 4, "b": 2, "c": 1, "d": 0}
 
 
@@ -130,7 +130,7 @@ def test_fills_before_the_first_split_wait_for_it():
     for policy in (EXACT, PRO_RATA):
         run = run_policy(items, policy, MARKET)
         assert run.fills == 1 and not run.pending
-        assert run.portfolio.shares == {"a": {"AAPL": 5}, "b": {"AAPL": 5}}
+        assert run.shares() == {"a": {"AAPL": 5}, "b": {"AAPL": 5}}
 
 
 def test_an_account_that_joins_at_the_last_split_is_reported(tmp_path, capsys):

@@ -19,6 +19,7 @@ from common.protocol import (
     pack,
     split_message,
 )
+from controller.book import Book
 from controller.engine import Engine
 from controller.service import ControllerService
 from positions.service import PositionServer
@@ -33,7 +34,7 @@ def endpoints():
 
 
 def make_service(ctx, endpoints, clock, engine=None, interval=10.0, **kwargs):
-    engine = engine if engine is not None else Engine(DEFAULT_TICKERS)
+    engine = engine if engine is not None else Engine(Book(DEFAULT_TICKERS))
     return ControllerService(
         ctx, engine, endpoints[0], endpoints[1], snapshot_interval=interval, clock=clock, **kwargs
     )
@@ -88,7 +89,7 @@ def test_allocations_acks_and_snapshot_match(ctx, endpoints):
     assert allocations[0]["allocations"] == {"A": 6, "B": 4}
     assert allocations[0]["price"] == 100.0 and allocations[0]["ticker"] == "AAPL"
     assert sum(allocations[1]["allocations"].values()) == 7
-    acks = {body["source"]: body["seq"] for topic, body in events if topic == TOPIC_ACK}
+    acks = {body["source"]: body["seq"] for topic, body in events if topic.startswith(TOPIC_ACK)}
     assert acks == {"aum": 1, "f": 2}
 
     clock.advance(10)
@@ -119,7 +120,7 @@ def test_bad_input_is_answered_and_changes_nothing(ctx, endpoints):
     while len(events) < 3:
         service.step(100)
         events += collect(sub)
-    rejected = [body for topic, body in events if topic == TOPIC_REJECTED]
+    rejected = [body for topic, body in events if topic.startswith(TOPIC_REJECTED)]
     assert "not valid msgpack" in rejected[0]["reason"]
     assert rejected[1]["source"] == "f" and rejected[1]["seq"] == 1
     assert "unknown ticker 'NOPE'" in rejected[1]["reason"]

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common import config, logs
-from controller.trail import (
+from controller.tools.trail import (
     AccountLine,
     AuditEntry,
     AuditError,
@@ -39,7 +39,7 @@ from controller.trail import (
     read_journal,
     reference,
 )
-from controller.verify import CheckpointUnusable, load_checkpoint, read_blotter, verify
+from controller.tools.verify import CheckpointUnusable, load_checkpoint, read_blotter, verify
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def run_verify(journal: Path, against: Path | None) -> int:
     """Verify and print one line: OK and what was checked, or FAILED and the first problem."""
     checkpoint_path = journal.with_name(journal.name + CHECKPOINT_SUFFIX)
     try:  # read before the journal, so it never reflects records we did not read
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path, journal)
     except CheckpointUnusable as exc:
         print(f"audit verify: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -15,87 +15,56 @@ the leftover shares by largest remainder (ties by account name).
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from common.protocol import Fill, Split
-from controller.allocator import allocate
+from common.protocol import Allocated, Fill, Input, Split
+from controller.allocator import allocate_integral
+from controller.book import BOOK, MARKET, VALUATIONS, Book, Rule
+
+__all__ = ["BOOK", "MARKET", "VALUATIONS"]
 
 EXACT = "exact"
 PRO_RATA = "pro-rata"
 POLICIES = (EXACT, PRO_RATA)
-BOOK = "book"
-MARKET = "market"
-VALUATIONS = (BOOK, MARKET)
 BPS_PER_UNIT = 10_000  # a weight of 1 (100 %) is 10,000 basis points
-
-Rule = Callable[[Mapping[str, int], Mapping[str, Fraction], Fill], dict[str, int]]
 
 
 # -- the rules -----------------------------------------------------------------------------
-def exact_shares(
-    values: Mapping[str, int], targets: Mapping[str, Fraction], fill: Fill
-) -> dict[str, int]:
-    """The controller's rule with V_i = `values` (micro-units): allocate() on exact numbers."""
-    return allocate(values, targets, fill.price_units, fill.quantity)
-
-
-def pro_rata_shares(
-    values: Mapping[str, int], targets: Mapping[str, Fraction], fill: Fill
-) -> dict[str, int]:
+def pro_rata_integral(
+    accounts: Sequence[str],
+    values: Sequence[int],
+    weights: Sequence[int],
+    price: int,
+    quantity: int,
+    ranks: Sequence[int],
+) -> list[int]:
     """Each account's target fraction of the fill, rounded down, then one leftover share
-    each by largest remainder (ties by account name); `values` play no part."""
-    quotas = {account: fill.quantity * weight for account, weight in targets.items()}
-    shares = {account: math.floor(quota) for account, quota in quotas.items()}
-    leftover = fill.quantity - sum(shares.values())
-    by_remainder = sorted(quotas, key=lambda account: (shares[account] - quotas[account], account))
-    for account in by_remainder[:leftover]:
-        shares[account] += 1
+    each by largest remainder (ties by account name); `values` and `price` play no part.
+    Exact on integers: account i's quota is quantity * weights[i] / sum(weights)."""
+    total = sum(weights)
+    shares, remainders = [], []
+    for i, weight in enumerate(weights):
+        whole, remainder = divmod(quantity * weight, total)
+        shares.append(whole)
+        remainders.append((-remainder, ranks[i], i))
+    remainders.sort()
+    for _, _, i in remainders[: quantity - sum(shares)]:
+        shares[i] += 1
     return shares
 
 
-RULES: dict[str, Rule] = {EXACT: exact_shares, PRO_RATA: pro_rata_shares}
+RULES: dict[str, Rule] = {EXACT: allocate_integral, PRO_RATA: pro_rata_integral}
 
 
-# -- the portfolio -------------------------------------------------------------------------
-class Portfolio:
-    """Shares and book value per account, last price per ticker, targets of the split."""
-
-    def __init__(self) -> None:
-        self.shares: dict[str, dict[str, int]] = {}  # account -> ticker -> shares
-        self.book_values: dict[str, int] = {}  # micro-units, price paid
-        self.last_price: dict[str, int] = {}  # micro-units
-        self.targets: dict[str, Fraction] = {}  # exact target fraction, 0 outside the split
-        self.split: Split | None = None
-
-    def apply_split(self, split: Split) -> None:
-        """Make `split` the one in force; accounts outside it keep shares, target 0."""
-        total = sum(split.weights)
-        self.targets = dict.fromkeys(self.shares, Fraction(0))
-        for account, weight in zip(split.accounts, split.weights, strict=True):
-            self.shares.setdefault(account, {})
-            self.book_values.setdefault(account, 0)
-            self.targets[account] = Fraction(weight, total)
-        self.split = split
-
-    def add(self, fill: Fill, shares: Mapping[str, int]) -> None:
-        """Book each account's shares of `fill` at the fill price."""
-        for account, count in shares.items():
-            if count:
-                held = self.shares[account]
-                held[fill.ticker] = held.get(fill.ticker, 0) + count
-                self.book_values[account] += count * fill.price_units
-
-    def values(self, valuation: str) -> dict[str, int]:
-        """Each account's value in micro-units: price paid, or shares at last prices."""
-        if valuation == BOOK:
-            return dict(self.book_values)
-        return {
-            account: sum(count * self.last_price[ticker] for ticker, count in held.items())
-            for account, held in self.shares.items()
-        }
+def pro_rata_shares(targets: Mapping[str, Fraction], quantity: int) -> dict[str, int]:
+    """The pro-rata rule on a map of account -> target fraction (accounts by name)."""
+    accounts = sorted(targets)
+    denominator = math.lcm(*(fraction.denominator for fraction in targets.values()))
+    weights = [int(targets[a] * denominator) for a in accounts]
+    shares = pro_rata_integral(accounts, [], weights, 0, quantity, range(len(accounts)))
+    return dict(zip(accounts, shares, strict=True))
 
 
 # -- tracking error ------------------------------------------------------------------------
@@ -131,16 +100,14 @@ def deviations_bps(values: Mapping[str, int], targets: Mapping[str, Fraction]) -
 # -- one policy over a stream of inputs ----------------------------------------------------
 @dataclass
 class PolicyRun:
-    """One policy and valuation applied to fills and splits, with its tracking error."""
+    """One policy and valuation applied to fills and splits through the controller's own
+    Book (with the policy as its allocation rule), with its tracking error."""
 
     policy: str
     valuation: str
-    portfolio: Portfolio = field(default_factory=Portfolio)
-    pending: deque[Fill] = field(default_factory=deque)
+    book: Book = field(init=False)
     by_account: dict[str, Deviation] = field(default_factory=dict)
     overall: Deviation = field(default_factory=Deviation)
-    fills: int = 0
-    splits: int = 0
 
     def __post_init__(self) -> None:
         if self.policy not in RULES:
@@ -149,40 +116,50 @@ class PolicyRun:
             raise ValueError(
                 f"valuation must be one of {', '.join(VALUATIONS)}, got {self.valuation!r}"
             )
+        self.book = Book((), RULES[self.policy], self.valuation)
 
-    def apply(self, item: Fill | Split) -> None:
-        """Apply one input: a split (releasing waiting fills) or a fill."""
-        if type(item) is Split:
-            self.portfolio.apply_split(item)
-            self.splits += 1
-            waiting, self.pending = self.pending, deque()
-            for fill in waiting:
-                self._allocate(fill)
-            return
-        self.portfolio.last_price[item.ticker] = item.price_units
-        if self.portfolio.split is None:
-            self.pending.append(item)
-        else:
-            self._allocate(item)
+    @property
+    def fills(self) -> int:
+        return self.book.fills_allocated
+
+    @property
+    def splits(self) -> int:
+        return self.book.splits_applied
+
+    @property
+    def pending(self) -> int:
+        return len(self.book.pending)
+
+    def apply(self, item: Input) -> None:
+        """Apply one input; measure tracking error after each fill it allocates."""
+        for decision in self.book.apply(item):
+            if type(decision) is Allocated:
+                self._measure()
 
     def values(self) -> dict[str, int]:
         """Each account's value under this run's valuation, micro-units."""
-        return self.portfolio.values(self.valuation)
+        return dict(zip(self.book.accounts, self.book.valued(), strict=True))
 
-    def _allocate(self, fill: Fill) -> None:
-        rule = RULES[self.policy]
-        shares = rule(self.values(), self.portfolio.targets, fill)
-        self.portfolio.add(fill, shares)
-        self.fills += 1
-        self._measure()
+    def shares(self) -> dict[str, dict[str, int]]:
+        """Shares per ticker per account."""
+        book = self.book
+        return {a: dict(held) for a, held in zip(book.accounts, book.positions, strict=True)}
+
+    def targets(self) -> dict[str, Fraction]:
+        """Each account's exact target fraction under the split in force (0 outside it)."""
+        total = self.book.weight_total()
+        return {
+            account: Fraction(weight, total) if total else Fraction(0)
+            for account, weight in zip(self.book.accounts, self.book.weights, strict=True)
+        }
 
     def _measure(self) -> None:
-        for account, bps in deviations_bps(self.values(), self.portfolio.targets).items():
+        for account, bps in deviations_bps(self.values(), self.targets()).items():
             self.by_account.setdefault(account, Deviation()).add(abs(bps), self.fills)
             self.overall.add(abs(bps), self.fills)
 
 
-def run_policy(items: Iterable[Fill | Split], policy: str, valuation: str) -> PolicyRun:
+def run_policy(items: Iterable[Input], policy: str, valuation: str) -> PolicyRun:
     """Apply every input in order under `policy` and `valuation`; the finished run."""
     run = PolicyRun(policy, valuation)
     for item in items:

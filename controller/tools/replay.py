@@ -34,12 +34,12 @@ from common.protocol import (
     PRICE_SCALE,
     SPLIT,
     Fill,
-    Rejection,
+    Invalid,
     Split,
-    decode_input,
     pack,
+    validate,
 )
-from controller.policies import (
+from controller.tools.policies import (
     BOOK,
     POLICIES,
     VALUATIONS,
@@ -236,8 +236,8 @@ def decode_row(line: int, message: dict[str, Any], tickers: frozenset[str]) -> F
     except (OverflowError, TypeError, ValueError) as exc:
         raise RowError(line, f"cannot be encoded as a message ({exc})") from None
     try:
-        return decode_input(raw, tickers)
-    except Rejection as rejection:
+        return validate(raw, tickers)
+    except Invalid as rejection:
         raise RowError(line, rejection.reason) from None
 
 
@@ -260,15 +260,17 @@ def account_rows(run: PolicyRun) -> dict[str, dict[str, Any]]:
     """Per account, sorted: shares, value, weight, target, deviation and tracking error."""
     values = run.values()
     total = sum(values.values())
-    deviations = deviations_bps(values, run.portfolio.targets)
+    targets = run.targets()
+    shares = run.shares()
+    deviations = deviations_bps(values, targets)
     rows = {}
     for account in sorted(values):
         tracking = run.by_account.get(account, Deviation())  # none if no fill since it joined
         rows[account] = {
-            "positions": dict(run.portfolio.shares[account]),
+            "positions": shares[account],
             "value": values[account] / PRICE_SCALE,
             "weight": PERCENT_POINTS * values[account] / total,
-            "target": PERCENT_POINTS * float(run.portfolio.targets.get(account, 0)),
+            "target": PERCENT_POINTS * float(targets.get(account, 0)),
             "deviation_bps": deviations[account],
             "mean_abs_bps": tracking.mean_bps,
             "max_abs_bps": tracking.max_bps,
@@ -291,7 +293,8 @@ def summary(run: PolicyRun) -> dict[str, Any]:
 def report(path: str | Path, runs: list[PolicyRun], tickers: list[str]) -> dict[str, Any]:
     """Everything the replay found, as plain data (the JSON output)."""
     first = runs[0]
-    shares = {t: sum(held.get(t, 0) for held in first.portfolio.shares.values()) for t in tickers}
+    held_shares = first.shares().values()
+    shares = {t: sum(held.get(t, 0) for held in held_shares) for t in tickers}
     return {
         "file": str(path),
         "valuation": first.valuation,

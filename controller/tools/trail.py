@@ -10,12 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
-from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Fill, Split
-from controller.book import Allocation, Book
-from controller.engine import Input, from_record
-from controller.journal import JournalCorrupt, read_records
+from common.history import Step, read_steps
+from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Allocated, Fill, Input, Split
+from controller.book import Book
+from controller.journal import JournalCorrupt
 
 MIN_DECIMALS = 2  # prices and money are written with at least this many decimals
 
@@ -25,14 +24,6 @@ class AuditError(ValueError):
 
 
 # -- reading the journal -------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One journal record: where it ends and the input it holds."""
-
-    offset: int
-    item: Input
-
-
 def read_journal(path: Path) -> list[Step]:
     """Every record of the journal, parsed; AuditError if it is missing or unusable.
 
@@ -42,41 +33,11 @@ def read_journal(path: Path) -> list[Step]:
     if not path.is_file():
         raise AuditError(f"journal {path} does not exist")
     try:
-        return [Step(end, parse_record(end, record)) for end, record in read_records(path)]
+        return list(read_steps(path))
     except JournalCorrupt as exc:
         raise AuditError(str(exc)) from None
     except OSError as exc:
         raise AuditError(f"cannot read journal {path}: {exc.strerror or exc}") from None
-
-
-def parse_record(end: int, record: Any) -> Input:
-    """The input a journal record holds; AuditError naming its offset if it is malformed."""
-    try:
-        item = from_record(record)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        raise AuditError(f"journal record ending at offset {end} is unusable: {exc}") from None
-    problem = identity_problem(item) or (fill_problem(item) if type(item) is Fill else None)
-    if problem:
-        raise AuditError(f"journal record ending at offset {end} is unusable: {problem}")
-    return item
-
-
-def identity_problem(item: Input) -> str | None:
-    """Why a record's source or seq is unusable, or None."""
-    if not isinstance(item.source, str) or type(item.seq) is not int:
-        return f"source and seq must be a string and an integer, got {item.source!r}, {item.seq!r}"
-    return None
-
-
-def fill_problem(fill: Fill) -> str | None:
-    """Why a fill record's ticker, price or quantity is unusable, or None."""
-    if not isinstance(fill.ticker, str):
-        return f"ticker must be a string, got {fill.ticker!r}"
-    for name in ("price_units", "quantity"):
-        number = getattr(fill, name)
-        if type(number) is not int or number <= 0:
-            return f"{name} must be a positive integer, got {number!r}"
-    return None
 
 
 # -- replaying it --------------------------------------------------------------------------
@@ -138,19 +99,8 @@ class AuditEntry:
         return lines
 
 
-def apply_item(book: Book, item: Input) -> list[Allocation]:
-    """Apply one journal input to `book` as the engine does; the allocations it made."""
-    if type(item) is Fill:
-        allocation = book.apply_fill(item)
-        return [] if allocation is None else [allocation]
-    if type(item) is Split:
-        return book.apply_split(item)
-    book.count_rejection()
-    return []
-
-
 class JournalReplay:
-    """A fresh Book and per-source last seq, fed journal inputs as the controller does."""
+    """A fresh Book and per-source last seq, fed journal inputs through `Book.apply`."""
 
     def __init__(self, tickers: Iterable[str] = ()) -> None:
         self.book = Book(tuple(tickers))
@@ -166,9 +116,13 @@ class JournalReplay:
             self.fills_read += 1
             self._waiting.append(self.fills_read)
         entries = []
-        for allocation in apply_item(self.book, item):
+        for decision in self.book.apply(item):
+            if type(decision) is not Allocated:
+                continue
+            split = self.book.split
+            assert split is not None  # an allocation happens only under a split
             entry = AuditEntry(
-                self._waiting.popleft(), allocation.fill, self.book.split, before, allocation.shares
+                self._waiting.popleft(), decision.fill, split, before, decision.shares
             )
             entries.append(entry)
             before = entry.after()

@@ -14,17 +14,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from common.protocol import PRICE_SCALE, Fill, percent_value
+from common.history import Step
+from common.protocol import PRICE_SCALE, Fill, Input, percent_value
 from controller.allocator import allocate
 from controller.book import Book
-from controller.engine import Input
-from controller.journal import HEADER, read_checkpoint
-from controller.trail import (
+from controller.journal import JournalCorrupt, read_checkpoint, read_header, records_start
+from controller.tools.trail import (
     AuditEntry,
     AuditError,
     JournalReplay,
-    Step,
-    apply_item,
     decimal_text,
     money_text,
     reference,
@@ -182,22 +180,39 @@ class Checkpoint:
     offset: int
     book: Book
     last_seq: dict[str, int]
+    journal_id: str
+    journal_start: int  # where the journal's first record begins
 
 
 class CheckpointUnusable(ValueError):
     """The checkpoint file exists but cannot be read or understood."""
 
 
-def load_checkpoint(path: Path) -> Checkpoint | None:
+def load_checkpoint(path: Path, journal: Path) -> Checkpoint | None:
     """The checkpoint at `path`, None if there is none; CheckpointUnusable if it is bad."""
     if not path.exists():
         return None
     saved = read_checkpoint(path)
     if saved is None:
         raise CheckpointUnusable(f"checkpoint {path} is damaged (bad header or checksum)")
-    offset, state = saved
+    state = saved.state
     try:
-        return Checkpoint(offset, Book.from_state(state["book"]), dict(state["last_seq"]))
+        header = read_header(journal)
+    except JournalCorrupt as exc:
+        raise AuditError(str(exc)) from None
+    if header is None or header.journal_id != saved.journal_id:
+        raise CheckpointUnusable(
+            f"checkpoint {path} belongs to journal {saved.journal_id}, not to {journal} "
+            f"({header.journal_id if header else 'no header'})"
+        )
+    try:
+        return Checkpoint(
+            saved.offset,
+            Book.from_state(state["book"]),
+            dict(state["last_seq"]),
+            saved.journal_id,
+            records_start(journal),
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointUnusable(f"checkpoint {path} is unusable: {exc!r}") from None
 
@@ -217,7 +232,7 @@ def covered_prefix(steps: list[Step], last_seq: dict[str, int]) -> int:
 def replay_items(items: Iterable[Input], book: Book) -> Book:
     """Apply `items` to `book` in order; the book."""
     for item in items:
-        apply_item(book, item)
+        book.apply(item)
     return book
 
 
@@ -406,7 +421,7 @@ def checkpoint_problem(steps: list[Step], checkpoint: Checkpoint, full: Book) ->
             f"the checkpoint's last seqs {checkpoint.last_seq} differ from the journal's "
             f"{replay.last_seq} at the same point"
         )
-    end = steps[prefix - 1].offset if prefix else len(HEADER)
+    end = steps[prefix - 1].offset if prefix else checkpoint.journal_start
     if end != checkpoint.offset:
         return (
             f"the records the checkpoint reflects end at offset {end:,} in the journal, but "
