@@ -81,7 +81,7 @@ def bench_receive(directory: Path, allowed: Path, count: int) -> None:
     pull.rcvhwm = 0
     guard.configure(pull)
     pull.bind("tcp://127.0.0.1:*")
-    endpoint = pull.last_endpoint.decode()
+    endpoint = pull.getsockopt_string(zmq.LAST_ENDPOINT)
     configure = security.client_configure(
         directory / "desk-a.key_secret", directory / "controller.key"
     )

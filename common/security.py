@@ -187,7 +187,7 @@ class RefusalLog:
             self._held += 1
             if now - self._last_line >= self.interval:
                 self.logger.warning(
-                    "%d peers refused in the last %.0f s (not logged one by one); latest: " + fmt,
+                    "%d refusals in the last %.0f s (not logged one by one); latest: " + fmt,
                     self._held,
                     now - self._last_line,
                     *args,
@@ -202,7 +202,7 @@ class RefusalLog:
     def _flush(self, now: float) -> None:
         if self._held:
             self.logger.warning(
-                "%d more peers refused in %.0f s (not logged one by one)",
+                "%d more refusals in %.0f s (not logged one by one)",
                 self._held,
                 now - self._last_line,
             )

@@ -323,7 +323,7 @@ def test_refusals_are_logged_in_full_then_summarised_per_interval(caplog):
         "refused peer-0 %s",
         "refused peer-1 %s",
         "refused peer-2 %s",
-        "60 peers refused in the last 60 s (not logged one by one); latest: refused peer-62 %s",
+        "60 refusals in the last 60 s (not logged one by one); latest: refused peer-62 %s",
     ]
     clock.advance(60)  # a quiet minute: what was held is counted, then full lines again
     caplog.clear()
@@ -331,7 +331,7 @@ def test_refusals_are_logged_in_full_then_summarised_per_interval(caplog):
         refusals.refused("refused %s", "peer-again")
         refusals.flush()
     lines = [record.getMessage() for record in caplog.records]
-    assert lines == ["37 more peers refused in 98 s (not logged one by one)", "refused peer-again"]
+    assert lines == ["37 more refusals in 98 s (not logged one by one)", "refused peer-again"]
 
 
 # -- the keys tool ---------------------------------------------------------------------------

@@ -9,19 +9,28 @@ import zmq
 from helpers import FakeClock, collect, python_module, wait_for
 
 from common import security
+from common.allowlist import PERMISSIONS_FILE
 from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS, fill_message, pack, split_message
 from common.sender import ReliableSender
+from controller.book import Book
 from controller.engine import Engine
 from controller.service import ControllerService
+
+ALLOWED = {"trusted": "fill", "trusted-aum": "aum"}  # each may send as its own name
 
 
 @pytest.fixture
 def keys(tmp_path):
     directory, allowed = tmp_path / "keys", tmp_path / "keys" / "allowed"
-    for name in ("controller", "trusted", "stranger"):
+    for name in ("controller", *ALLOWED, "stranger"):
         security.generate_keys(directory, name)
     allowed.mkdir()
-    (allowed / "trusted.key").write_bytes((directory / "trusted.key").read_bytes())
+    os.chmod(allowed, 0o755)
+    entries = []
+    for name, role in ALLOWED.items():
+        (allowed / f"{name}.key").write_bytes((directory / f"{name}.key").read_bytes())
+        entries.append(f'[{name}]\nrole = "{role}"\nsources = ["{name}"]\n')
+    (allowed / PERMISSIONS_FILE).write_text("\n".join(entries))
     return directory
 
 
@@ -30,7 +39,7 @@ def secured(ctx, keys):
     guard = security.ServerSecurity(ctx, keys / "controller.key_secret", keys / "allowed")
     service = ControllerService(
         ctx,
-        Engine(DEFAULT_TICKERS),
+        Engine(Book(DEFAULT_TICKERS)),
         "tcp://127.0.0.1:*",
         "tcp://127.0.0.1:*",
         clock=FakeClock(),
@@ -55,48 +64,52 @@ def subscriber(ctx, endpoint, configure=None):
 
 
 def test_allowed_client_gets_in_and_strangers_get_nothing(ctx, keys, secured):
-    trusted = ReliableSender(
-        ctx, "trusted", secured.inputs, secured.publish, configure=client(keys, "trusted")
-    )
-    stranger = ReliableSender(
-        ctx, "stranger", secured.inputs, secured.publish, configure=client(keys, "stranger")
-    )
+    def sender(name):
+        configure = client(keys, name)
+        return ReliableSender(ctx, name, secured.inputs, secured.publish, configure=configure)
+
+    aum, trusted, stranger = sender("trusted-aum"), sender("trusted"), sender("stranger")
     plain = ctx.socket(zmq.PUSH)
     plain.connect(secured.inputs)
     stranger_sub = subscriber(ctx, secured.publish, client(keys, "stranger"))
     plain_sub = subscriber(ctx, secured.publish)
     trusted_sub = subscriber(ctx, secured.publish, client(keys, "trusted"))
 
-    for sender in (trusted, stranger):
-        sender.send(split_message(sender.source, 0, {"EVIL" if sender is stranger else "A": 100}))
-        sender.send(fill_message(sender.source, 0, "AAPL", 10.0, 100))
+    aum.send(split_message(aum.source, 0, {"A": 100}))
+    stranger.send(split_message(stranger.source, 0, {"EVIL": 100}))
+    stranger.send(fill_message(stranger.source, 0, "AAPL", 10.0, 100))
     plain.send(pack(split_message("plain", 1, {"EVIL": 100})), zmq.NOBLOCK)
 
-    def trusted_through_and_strangers_refused():
-        secured.step(10)
-        secured.publish_snapshot()
-        for sender in (trusted, stranger):
-            sender.pump(0)
-        return (
-            trusted.pending == 0
-            and secured.security.authenticator.rejected >= 2
-            and secured.security.handshake_failures >= 2
-        )
+    def acknowledged(*senders):
+        def check():
+            secured.step(10)
+            secured.publish_snapshot()
+            for each in (aum, trusted, stranger):
+                each.pump(0)
+            return all(each.pending == 0 for each in senders)
 
-    wait_for(trusted_through_and_strangers_refused, 20, "the trusted fill and refusals")
+        return check
+
+    wait_for(acknowledged(aum), 20, "the split acknowledged")
+    trusted.send(fill_message(trusted.source, 0, "AAPL", 10.0, 100))
+    wait_for(acknowledged(trusted), 20, "the fill acknowledged")
+    wait_for(
+        lambda: secured.security.authenticator.rejected >= 2
+        and secured.security.handshake_failures >= 2,
+        20,
+        "the strangers refused",
+    )
     book = secured.engine.book
     assert book.accounts == ["A"] and book.total_shares()["AAPL"] == 100
-    assert set(secured.engine.sequencer.last_seq) == {"trusted"}
+    assert set(secured.engine.sequencer.last_seq) == {"trusted", "trusted-aum"}
     assert stranger.pending == 2  # never acknowledged
     assert collect(trusted_sub, 100), "the trusted subscriber reads snapshots"
     assert collect(stranger_sub, 100) == [] and collect(plain_sub, 100) == []
-    snapshot = secured.engine.snapshot()
-    assert "EVIL" not in snapshot["accounts"]
     secured.publish_snapshot()
     latest = [body for _, body in collect(trusted_sub, 100)][-1]
     assert latest["counts"]["peers_rejected"] >= 4
-    for sender in (trusted, stranger):
-        sender.close()
+    for each in (aum, trusted, stranger):
+        each.close()
     for sock in (plain, stranger_sub, plain_sub, trusted_sub):
         sock.close(linger=0)
 
