@@ -35,6 +35,8 @@ from common.allowlist import (
     Permissions,
     SecurityError,
     check_key_name,
+    read_public_key,
+    refuse_writable_by_others,
 )
 
 __all__ = ["PUBLIC_SUFFIX", "SECRET_SUFFIX", "Permissions", "SecurityError"]
@@ -106,11 +108,13 @@ def load_key_pair(secret_file: str | os.PathLike) -> tuple[bytes, bytes]:
 
 
 def load_public_key(public_file: str | os.PathLike) -> bytes:
+    """The controller's public key for a client, refusing a file others could replace
+    (whoever swaps it can stand in for the controller)."""
     path = Path(public_file)
     if not path.exists():
         raise SecurityError(f"public key file {path} does not exist")
-    public, _ = zmq.auth.load_certificate(path)
-    return public
+    refuse_writable_by_others(path, path.stat().st_mode)
+    return read_public_key(path).encode("ascii")
 
 
 def require_safe(endpoints: Iterable[str], keyed: bool, insecure: bool, role: str) -> None:

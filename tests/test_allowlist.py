@@ -255,6 +255,14 @@ def test_secret_keys_and_shared_keys_in_the_allow_list_are_refused(keys):
         load_permissions(allowed)
 
 
+def test_a_client_refuses_a_server_key_others_could_replace(keys):
+    os.chmod(keys / "controller.key", 0o666)
+    with pytest.raises(SecurityError, match="controller.key is writable by others"):
+        security.client_configure(keys / "desk-a.key_secret", keys / "controller.key")
+    os.chmod(keys / "controller.key", 0o644)
+    security.client_configure(keys / "desk-a.key_secret", keys / "controller.key")
+
+
 # -- reloading ------------------------------------------------------------------------------
 
 
