@@ -84,9 +84,9 @@ def header(
     if desk.paused:
         text.append("  PAUSED", style=ALERT_STYLE)
     text.append(
-        f"\n{len(desk.accounts):,} accounts, {len(desk.tickers):,} tickers, "
-        f"{desk.count('fills'):,} fills allocated, {desk.count('pending'):,} pending, "
-        f"{desk.count('rejected'):,} rejected, {desk.count('duplicates'):,} duplicates"
+        f"\n{desk.count('fills'):,} fills allocated, {desk.count('pending'):,} pending, "
+        f"{desk.count('rejected'):,} rejected, {desk.count('duplicates'):,} duplicates, "
+        f"{len(desk.accounts):,} accounts"
     )
     if now is not None:
         age = max(0.0, now - desk.time)
@@ -210,7 +210,7 @@ def block_table(names: Sequence[str], columns: Sequence[Column], footers: Sequen
         table.add_column(column.heading, justify=column.justify, no_wrap=True)  # type: ignore[arg-type]
     for i, name in enumerate(names):
         table.add_row(Text(name), *(column.cells[i] for column in columns))
-    if footers:
+    if any(cell.plain for column in columns for cell in column.footer):  # else no total row
         table.add_section()
         for j, footer in enumerate(footers):
             cells = [c.footer[j] if j < len(c.footer) else Text("") for c in columns]
@@ -267,6 +267,9 @@ def desk_view(
                 style="dim",
             )
         ]
+        if lines_needed([*parts, *positions, *ending], width) > height:
+            positions = []  # the accounts come first
+    return Group(*parts, *positions, *ending)
     return Group(*parts, *positions, *ending)
 
 
