@@ -74,32 +74,40 @@ def run(args: argparse.Namespace) -> int:
     """Check everything first, so a refused request leaves no half-made key behind."""
     name = check_key_name(args.name)
     sources = parse_sources(args.role, args.sources)
-    if args.role is not None and args.allow is None:
-        raise SecurityError("--role needs --allow DIR: the allow-list the rights are written to")
-    if args.public is not None and args.allow is None:
-        raise SecurityError("--public needs --allow DIR: the allow-list to copy the key into")
-    allow_dir = Path(args.allow) if args.allow else None
-    document = read_permissions(allow_dir) if allow_dir is not None else None
+    if args.allow is None:
+        if args.role is not None or args.public is not None:
+            raise SecurityError("--role and --public need --allow DIR, the allow-list")
+        make_pair(args.dir, name)
+        return 0
+    allow_dir = Path(args.allow)
+    document = read_permissions(allow_dir)
+    target = allow_dir / f"{name}{PUBLIC_SUFFIX}"
     if args.public is not None:
         public = Path(args.public)
-        read_public_key(public)
+        refuse_other_key(target, read_public_key(public))
     else:
-        public, secret = generate_keys(args.dir, name)
-        print(f"public key: {public}\nsecret key: {secret} (mode 600; never copy it off this host)")
-    if allow_dir is None or document is None:
-        return 0
-    allowed = copy_public_key(public, allow_dir, name)
-    print(f"allowed:    {allowed}")
-    if args.role is None:
-        if name not in document:
-            print(f"no --role: {name} may connect and read, but not send")
-        return 0
+        refuse_other_key(target, None)
+        public = make_pair(args.dir, name)
+    ensure_allow_dir(allow_dir)
     replaced = name in document
-    write_permissions(allow_dir, document, name, args.role, sources)
-    what = f"{args.role}" + (f" as {', '.join(sources)}" if sources else "")
-    verb = "replaced" if replaced else "added"
-    print(f"rights:     {verb} [{name}] in {allow_dir / PERMISSIONS_FILE}: {what}")
+    if args.role is not None:  # rights first: the key never shows up without them
+        write_permissions(allow_dir, document, name, args.role, sources)
+    write_atomically(target, public.read_bytes())
+    print(f"allowed:    {target}")
+    if args.role is not None:
+        what = f"{args.role}" + (f" as {', '.join(sources)}" if sources else "")
+        verb = "replaced" if replaced else "added"
+        print(f"rights:     {verb} [{name}] in {allow_dir / PERMISSIONS_FILE}: {what}")
+    elif name not in document:
+        print(f"no --role: {name} may connect and read, but not send")
     return 0
+
+
+def make_pair(directory: str, name: str) -> Path:
+    """A new key pair in `directory`; the public file's path."""
+    public, secret = generate_keys(directory, name)
+    print(f"public key: {public}\nsecret key: {secret} (mode 600; never copy it off this host)")
+    return public
 
 
 def parse_sources(role: str | None, text: str | None) -> list[str]:
@@ -134,20 +142,20 @@ def read_permissions(allow_dir: Path) -> tomlkit.TOMLDocument:
     return tomlkit.parse(text)
 
 
-def copy_public_key(public: Path, allow_dir: Path, name: str) -> Path:
-    """Put the public key in the allow-list as NAME.key (mode 0644), never replacing a
-    different key that is there under that name."""
+def ensure_allow_dir(allow_dir: Path) -> None:
+    """Create the allow-list directory, writable by its owner only whatever the umask."""
     if not allow_dir.exists():
         allow_dir.mkdir(parents=True)
-        os.chmod(allow_dir, ALLOW_DIR_MODE)  # whatever the umask: only its owner writes
-    target = allow_dir / f"{name}{PUBLIC_SUFFIX}"
-    key = read_public_key(public)
-    if target.exists() and read_public_key(target) != key:
+        os.chmod(allow_dir, ALLOW_DIR_MODE)
+
+
+def refuse_other_key(target: Path, key: str | None) -> None:
+    """Never replace a different key allowed under the same name (None: a key yet to be
+    made, which differs from any there)."""
+    if target.exists() and (key is None or read_public_key(target) != key):
         raise SecurityError(
             f"{target} already holds a different key; remove it first to replace the key"
         )
-    write_atomically(target, public.read_bytes())
-    return target
 
 
 def write_permissions(

@@ -408,6 +408,10 @@ def test_keys_tool_never_replaces_a_different_key_nor_writes_into_an_unsafe_list
     allowed = keys / "allowed"
     assert run_tool("desk-a", "--public", str(keys / "stranger.key"), "--allow", str(allowed)) == 2
     assert "desk-a.key already holds a different key" in capsys.readouterr().err
+    new_pair = keys / "elsewhere"
+    assert run_tool("desk-a", "--dir", str(new_pair), "--allow", str(allowed)) == 2
+    assert "desk-a.key already holds a different key" in capsys.readouterr().err
+    assert not new_pair.exists()  # refused before a pair was made
     os.chmod(allowed, 0o777)
     code = run_tool("new", "--dir", str(keys), "--allow", str(allowed), "--role", "positions")
     assert code == 2
