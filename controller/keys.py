@@ -8,8 +8,8 @@ with --role, writes what the key may send into DIR/permissions.toml:
     python -m controller keys aumsim --allow keys/allowed --role aum --sources aum
     python -m controller keys positions --allow keys/allowed --role positions
 
-`--public FILE` allows a public key made on another host instead of making a pair here.
-Running it again for an allowed key replaces that key's entry (its rights), nothing else.
+`--public FILE` allows a public key made on another host instead of making a pair here;
+given an already allowed key, it changes that key's rights (only its entry is replaced).
 """
 
 from __future__ import annotations
