@@ -21,6 +21,7 @@ from test_service import make_service, rebind
 
 from aumsim.service import AumSimulator
 from aumsim.splits import account_names
+from common.history import recover
 from common.lifecycle import StopFlag
 from common.protocol import (
     DEFAULT_TICKERS,
@@ -40,7 +41,7 @@ from common.sender import (
     size_limit,
 )
 from controller.deadletter import DeadLetters
-from controller.engine import recover
+from controller.engine import Engine
 from controller.journal import JournalWriter
 from fillsim.market import Market
 from fillsim.service import FillSimulator
@@ -469,9 +470,11 @@ def test_controller_restart_loses_nothing_and_counts_nothing_twice(ctx, tmp_path
     checkpoint = tmp_path / "journal.checkpoint"
 
     def start_controller(endpoints):
-        engine, _ = recover(journal, checkpoint, DEFAULT_TICKERS)
-        engine.journal = JournalWriter(journal)
-        engine.deadletters = DeadLetters(tmp_path / "dead.jsonl")
+        engine = Engine.from_recovered(
+            recover(journal, checkpoint, DEFAULT_TICKERS),
+            JournalWriter(journal),
+            DeadLetters(tmp_path / "dead.jsonl"),
+        )
         return rebind(ctx, endpoints, clock, engine, checkpoint_path=checkpoint)
 
     service = start_controller(("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"))
@@ -503,8 +506,7 @@ def test_controller_restart_loses_nothing_and_counts_nothing_twice(ctx, tmp_path
     assert sender.controller_instance == service.instance != first_instance
     assert (sender.source, sender.accepted, sender.lost) == ("s", 126, 0)
     service.close()
-    replayed, _ = recover(journal, None, DEFAULT_TICKERS)
-    assert replayed.book == book
+    assert recover(journal, None, DEFAULT_TICKERS).book == book
     sender.close()
 
 
