@@ -160,6 +160,9 @@ def fake(ctx):
 
 
 def connected_sender(ctx, fake, source="desk@00000001", **kwargs) -> ReliableSender:
+    """A sender whose SUB is joined to `fake`. Its clock is a FakeClock unless given, so it
+    resends only when the test moves the clock (and no stray resend reaches `fake`)."""
+    kwargs.setdefault("clock", FakeClock())
     sender = ReliableSender(ctx, source, fake.inputs, fake.events, **kwargs)
     fake.join(sender)
     return sender
@@ -352,7 +355,7 @@ def test_an_oversize_message_is_refused_and_never_queued(ctx, fake):
 
 @pytest.mark.parametrize("rejects", [set(), {2}])
 def test_fill_simulator_says_what_was_accepted_and_rejected_at_exit(ctx, fake, caplog, rejects):
-    sender = connected_sender(ctx, fake)
+    sender = connected_sender(ctx, fake, clock=time.monotonic)
     simulator = FillSimulator(sender, Market(DEFAULT_TICKERS, seed=1), rate=1000.0, count=5)
     with caplog.at_level(logging.INFO, logger="fillsim.service"):
         run_with_responder(simulator.run, fake, rejects)
@@ -366,7 +369,7 @@ def test_fill_simulator_says_what_was_accepted_and_rejected_at_exit(ctx, fake, c
 
 @pytest.mark.parametrize("rejects", [set(), {1}])
 def test_aum_simulator_says_what_was_accepted_and_rejected_at_exit(ctx, fake, caplog, rejects):
-    sender = connected_sender(ctx, fake)
+    sender = connected_sender(ctx, fake, clock=time.monotonic)
     simulator = AumSimulator(sender, account_names(3), interval=0.001, count=2, seed=1)
     with caplog.at_level(logging.INFO, logger="aumsim.service"):
         run_with_responder(simulator.run, fake, rejects)
@@ -379,7 +382,7 @@ def test_aum_simulator_says_what_was_accepted_and_rejected_at_exit(ctx, fake, ca
 
 
 def test_aum_simulator_logs_an_oversize_split_and_finishes(ctx, fake, caplog):
-    sender = connected_sender(ctx, fake)
+    sender = connected_sender(ctx, fake, clock=time.monotonic)
     count = size_limit(SPLIT) // 100 + 1  # names of over 100 bytes each: too big
     accounts = [f"{'A' * 100}{i:08d}" for i in range(count)]
     simulator = AumSimulator(sender, accounts, interval=0.001, count=1, seed=1)
