@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 BASIS_POINTS = 10_000  # 100.00 % in hundredths of a percent
-DEFAULT_DRIFT = 0.2  # the share of the way towards a fresh random split each step moves
+DEFAULT_DRIFT = 0.05  # the share of the way towards a fresh random split each step moves
 INDEPENDENT = 1.0  # a drift of 1: every split is a fresh random one
 
 
