@@ -277,6 +277,7 @@ class ReliableSender:
                 self._on_rejection(body)
 
     def _on_ack(self, body: dict[str, Any]) -> None:
+        """An ack from the controller instance we follow, or from a new one (a restart)."""
         seq, instance = body.get("seq"), body.get("instance")
         if type(seq) is not int or seq < 0 or not isinstance(instance, str):
             log.warning("%s: ignored a malformed ack %s", self.source, reprlib.repr(body))
@@ -284,22 +285,10 @@ class ReliableSender:
         if instance in self._retired_instances:
             return  # a late event from a controller that has since been replaced
         current = self.controller_instance
-        if instance != current:
-            if current is not None:
-                self._retired_instances.add(current)
-            self.controller_instance = instance
-            if current is not None and seq < self.acked:
-                self._start_new_session(seq, current, instance)
-                return
-            if current is not None:
-                log.info(
-                    "%s: controller restarted (instance %s -> %s) and still has seq %d",
-                    self.source,
-                    current,
-                    instance,
-                    seq,
-                )
-        elif seq < self.acked:
+        if current is not None and instance != current:
+            self._controller_restarted(seq, current, instance)
+            return
+        if seq < self.acked:
             log.error(
                 "%s: controller instance %s acknowledged seq %d after %d; ignored (an instance"
                 " never takes back an acknowledgement)",
@@ -309,6 +298,24 @@ class ReliableSender:
                 self.acked,
             )
             return
+        self.controller_instance = instance
+        self._acknowledge(seq)
+
+    def _controller_restarted(self, seq: int, old: str, new: str) -> None:
+        """A new controller instance acknowledged `seq`: if it still has everything it had
+        acknowledged, follow it; if not, it lost acknowledged messages: new session."""
+        self._retired_instances.add(old)
+        self.controller_instance = new
+        if seq < self.acked:
+            self._start_new_session(seq, old, new)
+            return
+        log.info(
+            "%s: controller restarted (instance %s -> %s) and still has seq %d",
+            self.source,
+            old,
+            new,
+            seq,
+        )
         self._acknowledge(seq)
 
     def _acknowledge(self, seq: int) -> None:

@@ -193,6 +193,23 @@ def test_events_for_a_longer_source_with_the_same_prefix_are_ignored(ctx, fake):
     sender.close()
 
 
+def test_unreadable_and_malformed_events_are_ignored(ctx, fake, caplog):
+    sender = connected_sender(ctx, fake)
+    fills(sender, 2)
+    fake.receive(2, sender)
+    topic = b"ack:" + sender.source.encode()
+    with caplog.at_level(logging.WARNING, logger="common.sender"):
+        fake.pub.send_multipart([topic, b"\xc1 not msgpack"])
+        fake.pub.send_multipart([topic])  # one frame only
+        fake.pub.send_multipart([topic, pack({"source": sender.source, "seq": "2"})])
+        fake.reject(sender.source, 2, None)  # no reason
+        fake.ack(sender.source, 1)
+        pump_until(lambda: sender.acked == 1, sender)
+    assert (sender.pending, sender.rejected, sender.accepted) == (1, 0, 1)
+    assert len(caplog.records) == 3  # unreadable, malformed ack, malformed rejection
+    sender.close()
+
+
 def test_a_rejected_message_is_dropped_counted_and_never_resent(ctx, fake, caplog):
     clock = FakeClock()
     sender = connected_sender(ctx, fake, clock=clock, resend_after=1.0)
