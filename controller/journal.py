@@ -214,7 +214,7 @@ class JournalWriter:
         try:
             written = os.write(self._fd, self._buffer)
             while written < len(self._buffer):  # os.write may be partial on a full disk
-                written += os.write(self._fd, memoryview(self._buffer)[written:])
+                written += os.write(self._fd, self._buffer[written:])  # rare: a copy is fine
         except OSError as exc:
             self._buffer.clear()
             try:

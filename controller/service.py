@@ -40,7 +40,7 @@ TRANSPORT_MAX_MESSAGE = 16 * MAX_MESSAGE_BYTES  # beyond this ZeroMQ drops the p
 PUB_HWM = 10_000
 SNDMORE = int(zmq.SNDMORE)  # an int: pyzmq's enum flag arithmetic is slow per message
 PAUSE_RETRY_SECONDS = 5.0  # how often a paused controller checks for free space
-FREE_SPACE_MARGIN = 1 << 20  # bytes free beyond the failed batch before input resumes
+FREE_SPACE_MARGIN = 64 * 1024  # bytes free beyond the failed batch before input resumes
 
 
 class ControllerService:
