@@ -1,15 +1,13 @@
-"""Real processes and real signals: the controller alone, and the launcher with everything."""
+"""Real processes and real signals: the controller alone (the launcher: test_launcher.py)."""
 
 from __future__ import annotations
 
-import re
 import signal
-import sys
 from fractions import Fraction
 
 import pytest
 import zmq
-from helpers import ROOT, Running, collect, pid_alive, start_controller, wait_for
+from helpers import collect, start_controller, wait_for
 
 from common.protocol import (
     PRICE_SCALE,
@@ -132,93 +130,3 @@ def test_controller_refuses_a_corrupt_journal(tmp_path):
     controller, _, _ = start_controller(tmp_path)
     assert controller.wait(15) == 2
     assert "not a journal" in controller.stderr
-
-
-def launcher(tmp_path):
-    return Running(
-        python_module_script(
-            "launcher.py",
-            "--inputs",
-            f"ipc://{tmp_path}/in",
-            "--publish",
-            f"ipc://{tmp_path}/pub",
-            "--snapshot-interval",
-            "0.5",
-            "--split-interval",
-            "2",
-            "--fill-interval",
-            "0.02",
-            "--journal",
-            str(tmp_path / "journal"),
-            cwd=tmp_path,
-        )
-    )
-
-
-def python_module_script(script, *args, cwd):
-    import os
-    import subprocess
-
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def child_pids(text):
-    return {name: int(pid) for name, pid in re.findall(r"started (\S+) \(pid (\d+)\)", text)}
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_launcher_runs_the_system_and_stops_cleanly(tmp_path, signum):
-    running = launcher(tmp_path)
-    try:
-        wait_for(
-            lambda: running.stdout.count("Positions #") >= 2 and "ACC-01" in running.stdout,
-            30,
-            "position tables",
-        )
-        pids = child_pids(running.stderr)
-        assert set(pids) == {"controller", "positions", "aumsim", "fillsim-1", "fillsim-2"}
-        running.process.send_signal(signum)
-        assert running.wait(30) == 0
-    finally:
-        running.stop()
-    assert not [name for name, pid in pids.items() if pid_alive(pid)]
-    stopped = re.findall(r"(\S+) stopped \(exit (\S+)\)", running.stderr)
-    assert [name for name, _ in stopped] == [
-        "fillsim-2",
-        "fillsim-1",
-        "aumsim",
-        "positions",
-        "controller",
-    ]
-    assert all(code == "0" for _, code in stopped)
-
-
-def test_launcher_restarts_a_process_that_dies(tmp_path):
-    running = launcher(tmp_path)
-    try:
-        wait_for(lambda: "Positions #" in running.stdout, 30, "a position table")
-        first = child_pids(running.stderr)["controller"]
-        import os
-
-        os.kill(first, signal.SIGKILL)
-        wait_for(
-            lambda: len(re.findall(r"started controller", running.stderr)) == 2,
-            20,
-            "the controller to be restarted",
-        )
-        assert "controller exited with code -9; restarting" in running.stderr
-        wait_for(
-            lambda: "controller restarted" in running.stdout + running.stderr,
-            20,
-            "the position server to notice the restart",
-        )
-        running.process.send_signal(signal.SIGINT)
-        assert running.wait(30) == 0
-    finally:
-        running.stop()
