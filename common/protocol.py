@@ -18,7 +18,7 @@ The typed shapes, in the order a message meets them:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -65,6 +65,7 @@ class Invalid(ValueError):
         self.reason = reason
         self.source = source
         self.seq = seq
+        self.kind: Any = None  # the message's "type" field, when it could be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +109,13 @@ class Split:
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """An input that failed validation but names its source and seq: it uses up that seq,
-    is journaled, and is answered on the source's rejection topic."""
+    is journaled, and is answered on the source's rejection topic. `kind` (the type field
+    as sent, if any) is not journaled: it only tells whose permission the message needs."""
 
     source: str
     seq: int
     reason: str
+    kind: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +330,7 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Input | Unre
         return validate(raw, tickers)
     except Invalid as invalid:
         if invalid.source is not None and invalid.seq is not None:
-            return Rejected(invalid.source, invalid.seq, invalid.reason)
+            return Rejected(invalid.source, invalid.seq, invalid.reason, invalid.kind)
         return Unreadable(invalid.reason, invalid.source)
 
 
@@ -365,7 +368,7 @@ def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
     except RecursionError:
         raise Invalid(_NESTED, source, seq) from None
     except Invalid as rejection:
-        rejection.source, rejection.seq = source, seq
+        rejection.source, rejection.seq, rejection.kind = source, seq, body.get("type")
         raise
 
 

@@ -11,17 +11,22 @@ which reaches exactly the state the engine had, since allocation is deterministi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.history import Recovered
 from common.protocol import (
+    FILL,
+    SPLIT,
     Ack,
     Allocated,
+    Fill,
     Input,
     Output,
     Rejected,
     RejectedNotice,
+    Split,
     SplitApplied,
     Unreadable,
     decode_input,
@@ -36,12 +41,16 @@ log = logging.getLogger(__name__)
 REJECTIONS_LOGGED_IN_FULL = 20
 REJECTION_LOG_EVERY = 1000
 
+#: (sender's key identity, message kind, source) -> None if allowed, else why not.
+Authorize = Callable[[str | None, str, str], str | None]
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     """What the engine saw of delivery, since it started: for the snapshot's counts."""
 
     unreadable: int
+    refused: int  # messages from a key not allowed to send them
     duplicates: int
     gaps: int
     held: int
@@ -57,8 +66,13 @@ class Engine:
         journal: JournalWriter | None = None,
         deadletters: DeadLetters | None = None,
         sequencer: Sequencer[Input] | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
+        """`authorize`, when given, decides per message whether its sender's key may speak
+        for its source (CURVE identities); without it every sender may."""
         self.tickers = frozenset(book.tickers)
+        self.authorize = authorize
+        self.refused = 0
         self.book = book
         self.sequencer: Sequencer[Input] = sequencer if sequencer is not None else Sequencer()
         self.journal = journal
@@ -79,8 +93,9 @@ class Engine:
         return cls(recovered.book, journal, deadletters, Sequencer(recovered.last_seq))
 
     # -- the hot path --------------------------------------------------------------------
-    def receive(self, raw: bytes) -> None:
-        """Take one raw input message; its effects wait in the batch until `commit`."""
+    def receive(self, raw: bytes, sender: str | None = None) -> None:
+        """Take one raw input message (from the key `sender`, when keys are in use); its
+        effects wait in the batch until `commit`."""
         try:
             item = decode_input(raw, self.tickers)
         except Exception as exc:  # a validation bug must cost one message, never the process
@@ -88,8 +103,33 @@ class Engine:
             item = Unreadable(f"could not be validated ({type(exc).__name__})")
         if isinstance(item, Unreadable):
             self._unreadable(raw, item)
+        elif self.authorize is not None and (refusal := self._refusal(sender, item)):
+            self._refuse(raw, item, refusal)
         else:
             self._sequence(raw, item)
+
+    def _refusal(self, sender: str | None, item: Input) -> str | None:
+        """Why `sender` may not send `item`, or None. An invalid message needs the right to
+        send its declared kind, or either kind when it declared none we know."""
+        assert self.authorize is not None
+        if type(item) is Fill:
+            kinds: tuple[str, ...] = (FILL,)
+        elif type(item) is Split:
+            kinds = (SPLIT,)
+        else:
+            kind = getattr(item, "kind", None)
+            kinds = (kind,) if kind in (FILL, SPLIT) else (FILL, SPLIT)
+        reasons = [self.authorize(sender, kind, item.source) for kind in kinds]
+        return None if None in reasons else reasons[0]
+
+    def _refuse(self, raw: bytes, item: Input, reason: str) -> None:
+        """A message whose key may not speak for its source: dead-lettered, counted and
+        answered without identity, so it never touches that source's sequence, and its
+        notice cannot make the real sender drop a message of its own."""
+        self._dead_letter(raw, reason, item.source, item.seq)
+        self.refused += 1
+        self._log_rejection("refused %r#%d: %s", item.source, item.seq, reason)
+        self._outbox.append(RejectedNotice(reason))
 
     def _unreadable(self, raw: bytes, item: Unreadable) -> None:
         """A message with no usable identity: dead-lettered and answered, never sequenced."""
@@ -173,7 +213,12 @@ class Engine:
     def delivery(self) -> DeliveryCounts:
         sequencer = self.sequencer
         return DeliveryCounts(
-            self.unreadable, sequencer.duplicates, sequencer.gaps, sequencer.held, sequencer.dropped
+            self.unreadable,
+            self.refused,
+            sequencer.duplicates,
+            sequencer.gaps,
+            sequencer.held,
+            sequencer.dropped,
         )
 
     def state(self) -> dict:

@@ -25,7 +25,7 @@ import zmq
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
 from common.protocol import MAX_MESSAGE_BYTES, Output, encode_output
-from common.security import ServerSecurity
+from common.security import ServerSecurity, sender_user_id
 from controller.engine import Engine
 from controller.journal import JournalFailed, JournalFull
 from controller.snapshot import SnapshotMeta, build_snapshot
@@ -64,6 +64,8 @@ class ControllerService:
         """`rebuild` makes a fresh engine from the journal on disk (after a full disk);
         `free_space` says how many bytes the journal's file system has free."""
         self.engine = engine
+        if security is not None:
+            engine.authorize = security.check
         self.rebuild = rebuild
         self.free_space = free_space if free_space is not None else self._journal_free_space
         self.paused_since: float | None = None
@@ -161,9 +163,14 @@ class ControllerService:
         count = 0
         clock = time.perf_counter
         deadline = clock() + BATCH_SECONDS
+        keyed = self.security is not None
         try:
             while count < BATCH_MAX:
-                receive(pull.recv(zmq.NOBLOCK))
+                if keyed:  # the frame carries the sender's key identity (ZAP User-Id)
+                    frame = pull.recv(zmq.NOBLOCK, copy=False)
+                    receive(frame.bytes, sender_user_id(frame))
+                else:
+                    receive(pull.recv(zmq.NOBLOCK))
                 count += 1
                 if clock() > deadline:
                     break
@@ -244,6 +251,8 @@ class ControllerService:
         self.paused_since = self.clock()
         self.next_space_check = self.clock() + PAUSE_RETRY_SECONDS
         self.engine = self.rebuild()
+        if self.security is not None:
+            self.engine.authorize = self.security.check
 
     def _maybe_resume(self) -> None:
         now = self.clock()

@@ -22,7 +22,7 @@ class SnapshotMeta:
     paused: bool = False
 
 
-NO_DELIVERY = DeliveryCounts(0, 0, 0, 0, 0)
+NO_DELIVERY = DeliveryCounts(0, 0, 0, 0, 0, 0)
 
 
 def build_snapshot(
@@ -63,7 +63,8 @@ def build_snapshot(
         counts={
             "fills": book.fills_allocated,
             "splits": book.splits_applied,
-            "rejected": book.rejected + delivery.unreadable,
+            "rejected": book.rejected + delivery.unreadable + delivery.refused,
+            "refused": delivery.refused,
             "pending": len(book.pending),
             "duplicates": delivery.duplicates,
             "gaps": delivery.gaps,

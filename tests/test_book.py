@@ -41,7 +41,7 @@ def apply_split(book: Book, s: Split) -> list[Allocated]:
     return [d for d in decisions if type(d) is Allocated]
 
 
-NO_DELIVERY = {"duplicates": 0, "gaps": 0, "held": 0, "dropped": 0, "peers_rejected": 0}
+NO_DELIVERY = {"refused": 0, "duplicates": 0, "gaps": 0, "held": 0, "dropped": 0, "peers_rejected": 0}
 
 
 def snapshot_of(book: Book) -> dict:

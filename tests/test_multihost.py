@@ -19,6 +19,7 @@ import pytest
 from helpers import ROOT, Running, expected_shares, journal_fills, wait_for
 
 from common import security
+from common.allowlist import PERMISSIONS_FILE
 
 FILLS = 4000
 RATE = "400"
@@ -117,6 +118,13 @@ def keys(tmp_path):
         if name != "controller":
             allowed.mkdir(exist_ok=True)
             shutil.copy(public, allowed / public.name)
+    # Each key speaks only for its own sources, and only its own kind of message.
+    (allowed / PERMISSIONS_FILE).write_text(
+        '[aumsim]\nrole = "aum"\nsources = ["aum"]\n'
+        '[fillsim-1]\nrole = "fill"\nsources = ["desk-1"]\n'
+        '[fillsim-2]\nrole = "fill"\nsources = ["desk-2"]\n'
+        '[positions]\nrole = "positions"\n'
+    )
     return directory
 
 
@@ -170,6 +178,8 @@ def test_positions_flow_across_hosts_and_a_cut_link_loses_nothing(network, keys,
         "1",
         "--seed",
         "9",
+        "--source",
+        "aum",
         *client_keys("aumsim"),
     )
     fills = [

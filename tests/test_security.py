@@ -221,3 +221,50 @@ def test_config_values_of_the_wrong_type_are_refused(tmp_path):
     _, err = controller.communicate(timeout=30)
     assert controller.returncode == 2
     assert b"[controller] snapshot_interval must be a number, got '10'" in err
+
+
+def test_a_key_cannot_speak_for_another_source_or_kind(ctx, keys, secured):
+    """The fill server's key sends splits and fills as the AUM server: every one is refused,
+    counted and dead-letter-worthy, and the AUM server's own sequence is untouched."""
+    configure = client(keys, "trusted")
+    impostor = ctx.socket(zmq.PUSH)
+    configure(impostor)
+    impostor.connect(secured.inputs)
+    aum = ReliableSender(
+        ctx, "trusted-aum", secured.inputs, secured.publish, configure=client(keys, "trusted-aum")
+    )
+    watcher = subscriber(ctx, secured.publish, client(keys, "trusted"))
+    watcher.setsockopt(zmq.SUBSCRIBE, b"rejected")
+    forged = [
+        split_message(aum.source, seq, {"EVIL": 100}) for seq in range(1, 4)
+    ] + [fill_message(aum.source, seq, "AAPL", 10.0, 5) for seq in range(4, 6)]
+    forged.append(split_message("trusted", 1, {"EVIL": 100}))  # its own name, wrong kind
+
+    def refused_all() -> bool:
+        secured.step(10)
+        return secured.engine.refused >= len(forged)
+
+    for message in forged:
+        impostor.send(pack(message))
+    wait_for(refused_all, 20, "every forged message refused")
+    assert secured.engine.sequencer.last_seq == {}
+    aum.send(split_message(aum.source, 0, {"A": 100}))
+
+    def acknowledged() -> bool:
+        secured.step(10)
+        secured.publish_snapshot()
+        aum.pump(0)
+        return aum.pending == 0
+
+    wait_for(acknowledged, 20, "the real split acknowledged as seq 1")
+    assert secured.engine.book.accounts == ["A"]
+    assert aum.rejected == 0
+    events = collect(watcher, 100)
+    reasons = [body["reason"] for topic, body in events if topic == b"rejected"]
+    assert any("may not" in reason for reason in reasons)
+    assert all("source" not in body for topic, body in events if topic == b"rejected")
+    snapshots = [body for topic, body in events if topic == TOPIC_POSITIONS]
+    assert snapshots[-1]["counts"]["refused"] == len(forged)
+    aum.close()
+    for sock in (impostor, watcher):
+        sock.close(linger=0)
