@@ -9,8 +9,11 @@ import argparse
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import zmq
 from rich.console import Console
@@ -19,10 +22,16 @@ from common import config, security
 from common.lifecycle import StopFlag
 from positions.desk import desk_json
 from positions.live import LiveDisplay
-from positions.record import DEFAULT_RECORD, Recorder, RecordError
+from positions.record import (
+    DEFAULT_RECORD,
+    Recorder,
+    RecordError,
+    open_for_reading,
+    read_recent,
+)
 from positions.service import PositionServer, Update
 from positions.view import DEVIATION_ALERT_BPS, desk_view
-from positions.web import WebError, WebView, parse_address
+from positions.web import HISTORY_POINTS, WebError, WebView, parse_address, recorded_points
 
 log = logging.getLogger("positions")
 
@@ -147,7 +156,7 @@ def serve(argv: list[str]) -> int:
         log.error("cannot start: %s", exc)
         return 2
     try:
-        web_view = start_web(args.http, args.http_public)
+        web_view = start_web(args.http, args.http_public, args.record)
     except WebError as exc:
         log.error("cannot start: %s", exc)
         if recorder is not None:
@@ -185,15 +194,34 @@ def serve(argv: list[str]) -> int:
     return code
 
 
-def start_web(address: str, public: bool) -> WebView | None:
-    """The web view on `address` (HOST:PORT), started, or None when `address` is empty."""
+def start_web(address: str, public: bool, record: str = "") -> WebView | None:
+    """The web view on `address` (HOST:PORT), started, or None when `address` is empty.
+
+    Its drift chart starts with the newest snapshots of the `record` file, if there is one.
+    """
     if not address:
         return None
     host, port = parse_address(address)
     web_view = WebView(host, port, public=public)
+    web_view.seed(recorded_history(record))
     url = web_view.start()
     print(f"positions: web view at {url}", file=sys.stderr, flush=True)
     return web_view
+
+
+def recorded_history(record: str) -> list[dict[str, Any]]:
+    """Chart points from the record file, or none (logged) when it cannot be read."""
+    if not record or not Path(record).is_file():
+        return []
+    try:
+        db = open_for_reading(record)
+        try:
+            return recorded_points(read_recent(db, HISTORY_POINTS))
+        finally:
+            db.close()
+    except (RecordError, sqlite3.Error) as exc:
+        log.warning("web view chart starts empty: %s", exc)
+        return []
 
 
 def fan_out(views: list[Show]) -> Show:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,13 +203,33 @@ def choose_run(runs: list[Run], wanted: str) -> str:
 def read_snapshots(db: sqlite3.Connection, instance: str | None = None) -> list[RecordedSnapshot]:
     """Recorded snapshots in time order (one controller run's if `instance` is given)."""
     where, params = ("WHERE s.instance = ?", (instance,)) if instance else ("", ())
-    rows = db.execute(
-        "SELECT s.id, s.instance, s.seq, s.time, s.fills, s.split_source, s.split_seq,"
-        " a.account, a.weight, a.target"
-        f" FROM snapshots s LEFT JOIN account_rows a ON a.snapshot_id = s.id {where}"
-        " ORDER BY s.time, s.id, a.account",
-        params,
+    return _fold_rows(
+        db.execute(
+            "SELECT s.id, s.instance, s.seq, s.time, s.fills, s.split_source, s.split_seq,"
+            " a.account, a.weight, a.target"
+            f" FROM snapshots s LEFT JOIN account_rows a ON a.snapshot_id = s.id {where}"
+            " ORDER BY s.time, s.id, a.account",
+            params,
+        )
     )
+
+
+def read_recent(db: sqlite3.Connection, limit: int) -> list[RecordedSnapshot]:
+    """The newest `limit` recorded snapshots, in time order (the web view's chart history)."""
+    return _fold_rows(
+        db.execute(
+            "SELECT s.id, s.instance, s.seq, s.time, s.fills, s.split_source, s.split_seq,"
+            " a.account, a.weight, a.target"
+            " FROM (SELECT * FROM snapshots ORDER BY time DESC, id DESC LIMIT ?) s"
+            " LEFT JOIN account_rows a ON a.snapshot_id = s.id"
+            " ORDER BY s.time, s.id, a.account",
+            (limit,),
+        )
+    )
+
+
+def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> list[RecordedSnapshot]:
+    """One RecordedSnapshot per snapshot id from rows joined with their account rows."""
     snapshots: list[RecordedSnapshot] = []
     current_id = None
     for sid, inst, seq, when, fills, source, split_seq, account, weight, target in rows:

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from positions.desk import desk_json
 from positions.metrics import desk_registry, exposition
+from positions.record import RecordedSnapshot
 from positions.service import Update
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def recorded_points(recorded: list[RecordedSnapshot]) -> list[dict[str, Any]]:
+    """Chart points for recorded snapshots that had accounts (as `history_point` makes)."""
+    return [
+        {
+            "time": snap.time,
+            "split": f"{snap.split[0]}#{snap.split[1]}" if snap.split else None,
+            "weights": dict(snap.weights),
+            "targets": dict(snap.targets),
+        }
+        for snap in recorded
+        if snap.fills and snap.weights
+    ]
 
 
 def history_point(update: Update) -> dict[str, Any]:
@@ -117,6 +132,11 @@ class WebView:
         self.registry = desk_registry(lambda: self._latest, clock)
 
     # -- the position server's side ------------------------------------------------------
+    def seed(self, points: list[dict[str, Any]]) -> None:
+        """Chart points from before this process started (from the record); call before
+        `start`."""
+        self._history.extend(points)
+
     def start(self) -> str:
         """Bind and serve; returns the page's URL. WebError if it cannot bind."""
         self._thread.start()

@@ -18,7 +18,9 @@ from helpers import FakeClock, Running, python_module, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.protocol import TOPIC_POSITIONS, event
+from positions import cli
 from positions.desk import desk_json, read_snapshot
+from positions.record import Recorder
 from positions.service import Update
 from positions.web import WebError, WebView, parse_address
 
@@ -257,3 +259,35 @@ def test_an_address_in_use_exits_2_with_one_line(ctx):
     finally:
         taken.close()
     assert "cannot start" in server.stderr and "Traceback" not in server.stderr
+
+
+def test_the_chart_starts_with_the_newest_recorded_snapshots(tmp_path, clock):
+    path = tmp_path / "positions.sqlite"
+    recorder = Recorder(path)
+    before = snapshot({"A": 60.0, "B": 40.0}, seq=1, when=START)
+    before["counts"]["fills"] = 0
+    recorder.write(before)  # no fills yet: not a chart point
+    for seq in range(2, 6):
+        held = {"A": {"AAPL": seq}, "B": {"AAPL": 10 - seq}}
+        recorder.write(snapshot({"A": 60.0, "B": 40.0}, held, seq=seq, when=START + seq))
+    recorder.close()
+    points = cli.recorded_history(str(path))
+    assert [p["time"] for p in points] == [START + seq for seq in range(2, 6)]
+    assert points[-1]["weights"]["A"] == pytest.approx(50.0)
+    assert points[-1]["targets"] == {"A": 60.0, "B": 40.0}
+    assert cli.recorded_history(str(tmp_path / "missing.sqlite")) == []
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    assert cli.recorded_history(str(tmp_path / "junk.sqlite")) == []
+
+    view = WebView("127.0.0.1", 0, clock=clock)
+    view.seed(points)
+    view.start()
+    try:
+        host, port = parse_address(view.url.removeprefix("http://").rstrip("/"))
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/events")
+        name, data = read_event(connection.getresponse())
+        assert name == "history" and json.loads(data) == points
+        connection.close()
+    finally:
+        view.close()
