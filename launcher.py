@@ -91,6 +91,7 @@ DEFAULTS = {
     "fill_servers": 2,
     "accounts": 5,
     "journal": "data/controller.journal",
+    "http": "127.0.0.1:8080",  # the position server's web view ("" for none)
     "log_level": "INFO",
 }
 
@@ -600,7 +601,11 @@ def build_children(args: argparse.Namespace) -> list[Child]:
     ]
     children = [
         Child("controller", python + controller, CORE, NEVER_GIVE_UP),
-        Child("positions", python + ["positions", *shared, "--controller", args.publish], VIEWERS),
+        Child(
+            "positions",
+            python + ["positions", *shared, "--controller", args.publish, "--http", args.http],
+            VIEWERS,
+        ),
         Child("aumsim", python + aumsim, SENDERS),
     ]
     for n in range(1, args.fill_servers + 1):
@@ -628,6 +633,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-servers", type=int, metavar="N", help="fill simulators, default 2")
     p.add_argument("--accounts", type=int, metavar="N", help="accounts in the split, default 5")
     p.add_argument("--journal", metavar="PATH", help="controller journal")
+    p.add_argument(
+        "--http", metavar="HOST:PORT", help='web view, default 127.0.0.1:8080 ("" for none)'
+    )
     return p
 
 
@@ -651,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = install_stop_signals(StopFlag())
     try:
         with configuration_lock(Path(args.journal + LOCK_SUFFIX)):
+            if args.http:
+                log.info("web view (the position server's) at http://%s/", args.http)
             code = Supervisor(build_children(args), Subprocesses()).run(stop)
     except LockedError as exc:
         print(f"launcher: {exc}", file=sys.stderr)
