@@ -27,6 +27,9 @@ import msgpack
 # -- message types and topics ------------------------------------------------------------
 FILL = "fill"
 SPLIT = "split"
+BUY = "buy"
+SELL = "sell"
+SIDES = (BUY, SELL)
 TOPIC_ALLOCATION = b"allocation"
 TOPIC_REJECTED = b"rejected"  # rejections with no readable source; b"rejected:" + source else
 TOPIC_POSITIONS = b"positions"
@@ -52,8 +55,9 @@ PERCENT_SCALE = 10**PERCENT_DECIMALS
 #: whenever any of these changes (docs/architecture.md keeps the history):
 #: prices are decimals of at most PRICE_DECIMALS places kept as integer micro-units; split
 #: percents mean their decimals (33.33 is 3333/100) and are normalised exactly; the
-#: allocation rule is the exact optimum of controller/allocator.py, ties by account name.
-RULES_VERSION = 2
+#: allocation rule is the exact optimum of controller/allocator.py, ties by account name;
+#: a fill is a buy unless its side says "sell", and a sell never takes an account short.
+RULES_VERSION = 3
 
 
 class Invalid(ValueError):
@@ -77,10 +81,15 @@ class Fill:
     ticker: str
     price_units: int
     quantity: int
+    side: str = BUY
 
     @property
     def price(self) -> float:
         return self.price_units / PRICE_SCALE
+
+    @property
+    def is_sell(self) -> bool:
+        return self.side == SELL
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +263,11 @@ def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
 
 
-def fill_message(source: str, seq: int, ticker: str, price: float, quantity: int) -> dict:
-    return {
+def fill_message(
+    source: str, seq: int, ticker: str, price: float, quantity: int, side: str | None = None
+) -> dict:
+    """A fill as sent on the wire; `side` is left out for a plain buy (it defaults to buy)."""
+    body = {
         "type": FILL,
         "source": source,
         "seq": seq,
@@ -263,6 +275,9 @@ def fill_message(source: str, seq: int, ticker: str, price: float, quantity: int
         "price": price,
         "quantity": quantity,
     }
+    if side is not None:
+        body["side"] = side
+    return body
 
 
 def split_message(source: str, seq: int, splits: dict[str, float]) -> dict:
@@ -317,6 +332,7 @@ def allocation_frames(allocated: Allocated) -> list[bytes]:
         "ticker": fill.ticker,
         "price": fill.price,
         "quantity": fill.quantity,
+        "side": fill.side,
         "allocations": allocated.shares,
     }
     return [TOPIC_ALLOCATION, _packer.pack(body)]
@@ -442,7 +458,10 @@ def _fill(body: dict, source: str, seq: int, tickers: frozenset[str] | set[str])
     quantity = _require(body, "quantity")
     if type(ticker) is not str or ticker not in tickers:
         raise Invalid(f"unknown ticker {ticker!r} (not in the universe of {len(tickers)})")
-    return Fill(source, seq, ticker, price_units(price), _quantity(quantity))
+    side = body.get("side", BUY)
+    if side is not BUY and side not in SIDES:  # `is` first: the common case costs nothing
+        raise Invalid(f"side must be 'buy' or 'sell', got {side!r}")
+    return Fill(source, seq, ticker, price_units(price), _quantity(quantity), side)
 
 
 def price_units(price: Any) -> int:

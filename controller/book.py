@@ -6,12 +6,17 @@ the one mutator, used live by the engine, in recovery and by every offline tool,
 cannot disagree. It keeps shares per account per ticker and exact book values (integer
 micro-units, so money never drifts), holds fills that arrive before the first split, and
 splits each fill with an allocation rule (the exact rule unless a tool asks for another).
+
+A buy adds to the accounts the rule chooses; a sell takes from accounts that hold the
+ticker, never more than each holds, and a sell of more than all accounts hold together is
+rejected (a decision, made the same way live and on replay) and changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from common.protocol import (
@@ -25,7 +30,8 @@ from common.protocol import (
     SplitApplied,
     build_split,
 )
-from controller.allocator import allocate_integral, name_ranks
+from controller import allocator
+from controller.allocator import name_ranks
 
 STATE_VERSION = 2
 
@@ -33,9 +39,31 @@ BOOK = "book"  # an account's value is the cash it has put in (price paid)
 MARKET = "market"  # an account's value is its holdings at each ticker's last fill price
 VALUATIONS = (BOOK, MARKET)
 
-#: An allocation rule: (accounts, values, weights, price, quantity, ranks) -> shares per
-#: account in the order given. `allocate_integral` is the controller's; tools plug others in.
-Rule = Callable[[Sequence[str], Sequence[int], Sequence[int], int, int, Sequence[int]], list[int]]
+#: How a rule splits a buy: (accounts, values, weights, price, quantity, ranks) -> shares per
+#: account in the order given.
+BuyRule = Callable[
+    [Sequence[str], Sequence[int], Sequence[int], int, int, Sequence[int]], list[int]
+]
+#: How a rule splits a sell: (accounts, values, weights, price, quantity, holdings, ranks)
+#: -> shares sold per account, each at most its holding.
+SellRule = Callable[
+    [Sequence[str], Sequence[int], Sequence[int], int, int, Sequence[int], Sequence[int]],
+    list[int],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An allocation rule: one function for buys, one for sells."""
+
+    name: str
+    buy: BuyRule
+    sell: SellRule
+
+
+def exact_rule() -> Rule:
+    """The controller's rule: the exact optimum of controller/allocator.py, both sides."""
+    return Rule("exact", allocator.allocate_integral, allocator.allocate_sell_integral)
 
 
 class Book:
@@ -47,11 +75,11 @@ class Book:
         rule: Rule | None = None,
         valuation: str = BOOK,
     ) -> None:
-        """`rule` splits each fill (the exact rule, `allocate_integral`, unless given)."""
+        """`rule` splits each fill (the exact rule unless given)."""
         if valuation not in VALUATIONS:
             raise ValueError(f"valuation must be one of {', '.join(VALUATIONS)}, got {valuation!r}")
         self.tickers = tuple(tickers)
-        self.rule: Rule = rule if rule is not None else allocate_integral
+        self.rule: Rule = rule if rule is not None else exact_rule()
         self.valuation = valuation
         self.accounts: list[str] = []
         self._index: dict[str, int] = {}
@@ -96,21 +124,19 @@ class Book:
         decisions.extend(self._allocate(fill, released=True) for fill in waiting)
         return decisions
 
-    def _apply_fill(self, fill: Fill) -> Allocated | Held:
-        self.last_price[fill.ticker] = fill.price_units
+    def _apply_fill(self, fill: Fill) -> Allocated | Held | Rejected:
         if self.split is None:
+            self.last_price[fill.ticker] = fill.price_units
             self.pending.append(fill)
             return Held(fill)
         return self._allocate(fill)
 
-    def _allocate(self, fill: Fill, released: bool = False) -> Allocated:
-        shares = self.rule(
-            self.accounts,
-            self.values if self.valuation == BOOK else self.market_values(),
-            self.weights,
-            fill.price_units,
-            fill.quantity,
-            self.ranks,
+    def _allocate(self, fill: Fill, released: bool = False) -> Allocated | Rejected:
+        if fill.is_sell:
+            return self._sell(fill, released)
+        self.last_price[fill.ticker] = fill.price_units
+        shares = self.rule.buy(
+            self.accounts, self.valued(), self.weights, fill.price_units, fill.quantity, self.ranks
         )
         given = {}
         ticker, price = fill.ticker, fill.price_units
@@ -123,6 +149,37 @@ class Book:
                 given[accounts[i]] = count
         self.fills_allocated += 1
         return Allocated(fill, given, released)
+
+    def _sell(self, fill: Fill, released: bool) -> Allocated | Rejected:
+        """Take `fill.quantity` shares from the accounts holding the ticker, or reject the
+        sell (changing nothing but the count) when they hold fewer than that together."""
+        ticker, price = fill.ticker, fill.price_units
+        holdings = [held.get(ticker, 0) for held in self.positions]
+        total = sum(holdings)
+        if fill.quantity > total:
+            self.rejected += 1
+            reason = (
+                f"sell of {fill.quantity:,} {ticker} exceeds the {total:,} held across accounts"
+            )
+            return Rejected(fill.source, fill.seq, reason)
+        self.last_price[ticker] = price
+        shares = self.rule.sell(
+            self.accounts, self.valued(), self.weights, price, fill.quantity, holdings, self.ranks
+        )
+        taken = {}
+        values, positions, accounts = self.values, self.positions, self.accounts
+        for i, count in enumerate(shares):
+            if count:
+                values[i] -= count * price
+                held = positions[i]
+                left = held[ticker] - count
+                if left:
+                    held[ticker] = left
+                else:
+                    del held[ticker]
+                taken[accounts[i]] = count
+        self.fills_allocated += 1
+        return Allocated(fill, taken, released)
 
     def _ensure_account(self, account: str) -> None:
         if account not in self._index:
@@ -171,7 +228,8 @@ class Book:
             "split": None if split is None else [split.source, split.seq, split.percent_map()],
             "last_price": dict(self.last_price),
             "pending": [
-                [f.source, f.seq, f.ticker, f.price_units, f.quantity] for f in self.pending
+                [f.source, f.seq, f.ticker, f.price_units, f.quantity, f.side]
+                for f in self.pending
             ],
             "counts": [self.fills_allocated, self.splits_applied, self.rejected],
         }

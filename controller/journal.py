@@ -33,7 +33,18 @@ from typing import Any
 
 import msgpack
 
-from common.protocol import RULES_VERSION, Fill, Input, Invalid, Rejected, Split, build_split
+from common.protocol import (
+    BUY,
+    RULES_VERSION,
+    SELL,
+    SIDES,
+    Fill,
+    Input,
+    Invalid,
+    Rejected,
+    Split,
+    build_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +436,15 @@ REJECT_RECORD = "R"
 def encode_input(item: Input) -> list[Any]:
     """The journal record of one input (positional, compact)."""
     if type(item) is Fill:
-        return [FILL_RECORD, item.source, item.seq, item.ticker, item.price_units, item.quantity]
+        return [
+            FILL_RECORD,
+            item.source,
+            item.seq,
+            item.ticker,
+            item.price_units,
+            item.quantity,
+            item.side,
+        ]
     if type(item) is Split:
         return [SPLIT_RECORD, item.source, item.seq, item.percent_map()]
     assert type(item) is Rejected
@@ -451,13 +470,15 @@ def decode_record(path: str | os.PathLike, end: int, record: Any) -> Input:
 def _record_input(record: Any) -> Input:
     kind = record[0]
     if kind == FILL_RECORD:
-        _, source, seq, ticker, price_units, quantity = record
+        _, source, seq, ticker, price_units, quantity, side = record
         if not isinstance(ticker, str):
             raise ValueError(f"ticker must be a string, got {ticker!r}")
         for name, number in (("price_units", price_units), ("quantity", quantity)):
             if type(number) is not int or number <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {number!r}")
-        return Fill(source, seq, ticker, price_units, quantity)
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return Fill(source, seq, ticker, price_units, quantity, SELL if side == SELL else BUY)
     if kind == SPLIT_RECORD:
         return build_split(record[1], record[2], record[3])
     if kind == REJECT_RECORD:

@@ -11,6 +11,7 @@ from common import config, security
 from common.lifecycle import StopFlag
 from common.protocol import DEFAULT_TICKERS
 from common.sender import sender_from_settings
+from fillsim.holdings import Holdings
 from fillsim.market import Market
 from fillsim.service import FillSimulator
 
@@ -25,6 +26,7 @@ DEFAULTS = {
     "count": None,
     "seed": None,
     "tickers": list(DEFAULT_TICKERS),
+    "sell_fraction": 0.33,
     "log_level": "INFO",
     **security.CLIENT_DEFAULTS,
 }
@@ -41,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="stop after N acknowledged fills")
     p.add_argument("--seed", type=int, metavar="N", help="seed for a reproducible stream")
     p.add_argument("--tickers", type=config.ticker_list, metavar="T1,...")
+    p.add_argument(
+        "--sell-fraction",
+        type=float,
+        metavar="F",
+        help="share of fills that sell what the accounts hold (default 0.33; 0 buys only)",
+    )
     security.add_flags(p, server=False)
     return p
 
@@ -49,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = config.settings(parser(), argv, DEFAULTS, "fillsim")
     if args.interval <= 0 or (args.rate is not None and args.rate <= 0):
         log.error("--interval and --rate must be > 0")
+        return 2
+    if not 0 <= args.sell_fraction <= 1:
+        log.error("--sell-fraction must be between 0 and 1, got %s", args.sell_fraction)
         return 2
     stop = StopFlag().install()
     ctx = zmq.Context()
@@ -59,13 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         ctx.term()
         return 2
     source = sender.source
+    holdings = None
+    if args.sell_fraction > 0:
+        configure = security.client_security(args, [args.controller, args.acks], "fillsim")
+        holdings = Holdings(ctx, args.acks, configure)
     simulator = FillSimulator(
-        sender, Market(args.tickers, args.seed), args.interval, args.rate, args.count, args.seed
+        sender,
+        Market(args.tickers, args.seed),
+        args.interval,
+        args.rate,
+        args.count,
+        args.seed,
+        holdings=holdings,
+        sell_fraction=args.sell_fraction,
     )
     log.info("fill server %s started (seed %s)", source, args.seed)
     try:
         simulator.run(stop)
     finally:
         sender.close()
+        if holdings is not None:
+            holdings.close()
         ctx.term()
     return 0

@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
-from common.protocol import fill_message
+from common.protocol import SELL, fill_message
 from common.sender import STOP_FLUSH, MessageTooLarge, ReliableSender, worth_logging
+from fillsim.holdings import Holdings
 from fillsim.market import Market
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,10 @@ log = logging.getLogger(__name__)
 class FillSimulator:
     """Sends `count` fills (or forever) with exponential gaps of mean `interval`, or at a
     steady `rate` per second; finishes once every fill sent is acknowledged or rejected,
-    and logs how many the controller accepted and rejected."""
+    and logs how many the controller accepted and rejected.
+
+    With `holdings`, about `sell_fraction` of the fills are sells of at most half of what
+    the accounts hold of that ticker (as the latest snapshot said); the rest are buys."""
 
     def __init__(
         self,
@@ -29,8 +33,14 @@ class FillSimulator:
         count: int | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        holdings: Holdings | None = None,
+        sell_fraction: float = 0.0,
     ) -> None:
         self.sender = sender
+        self.holdings = holdings
+        self.sell_fraction = sell_fraction
+        self.sells = 0
+        self._sides = random.Random(None if seed is None else seed + 2)
         self.market = market
         self.interval = interval
         self.rate = rate
@@ -79,10 +89,23 @@ class FillSimulator:
         else:
             log.warning("%s: %d fills sent: %s", sender.source, self.sent, sender.summary())
 
+    def side_for(self, ticker: str, quantity: int) -> tuple[str | None, int]:
+        """Sell (of at most half the accounts' holding) about `sell_fraction` of the time
+        when there is something to sell; else buy. The market's own stream is untouched."""
+        if self.holdings is None or self._sides.random() >= self.sell_fraction:
+            return None, quantity
+        self.holdings.refresh()
+        available = self.holdings.available(ticker)
+        if available < 2:
+            return None, quantity
+        return SELL, min(quantity, available // 2)
+
     def send_one(self) -> None:
         ticker, price, quantity = self.market.next_fill()
+        side, quantity = self.side_for(ticker, quantity)
+        message = fill_message(self.sender.source, 0, ticker, price, quantity, side)
         try:
-            self.sender.send(fill_message(self.sender.source, 0, ticker, price, quantity))
+            self.sender.send(message)
         except MessageTooLarge as exc:
             self.refused += 1
             if worth_logging(self.refused):
@@ -95,4 +118,9 @@ class FillSimulator:
                 )
             return
         self.sent += 1
-        self.shares_sent[ticker] = self.shares_sent.get(ticker, 0) + quantity
+        if side == SELL:
+            self.sells += 1
+            assert self.holdings is not None
+            self.holdings.sold(ticker, quantity)
+        else:
+            self.shares_sent[ticker] = self.shares_sent.get(ticker, 0) + quantity

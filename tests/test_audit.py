@@ -22,6 +22,7 @@ from common.protocol import (
 )
 from controller import book as book_module
 from controller import cli
+from controller.allocator import allocate_sell_integral
 from controller.book import Book
 from controller.engine import Engine
 from controller.journal import RECORD_HEADER, JournalWriter, read_records, records_start
@@ -137,7 +138,7 @@ def test_the_csv_blotter_has_the_fix_header_and_a_row_per_fill_and_account(journ
     assert audit("--journal", journal.path, "--csv") == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0] == (
-        "AllocID,Symbol,Quantity,AvgPx,AllocAccount,AllocQty,AllocNetMoney,"
+        "AllocID,Symbol,Side,Quantity,AvgPx,AllocAccount,AllocQty,AllocNetMoney,"
         "FillSource,FillSeq,FillNo,SplitID"
     )
     assert tuple(text.splitlines()[0].split(",")) == tuple(BLOTTER_COLUMNS)
@@ -193,7 +194,7 @@ def test_verify_through_the_module_entry_point(journal):
 
 @pytest.mark.parametrize("edit", ["quantity", "quantity-longer", "price"])
 def test_verify_names_a_fill_edited_before_the_checkpoint(journal, capsys, edit):
-    source, seq, ticker, price, quantity = journal.fill_record(12)[1:]
+    source, seq, ticker, price, quantity, _ = journal.fill_record(12)[1:]
     if edit == "quantity":
         journal.edit_fill(source, seq, quantity=quantity + 1)
     elif edit == "quantity-longer":  # a bigger number: the record changes length
@@ -234,7 +235,8 @@ def test_verify_checks_the_book_against_an_independent_allocate(journal, capsys,
     def first_account_takes_all(accounts, values, weights, price, quantity, ranks=None):
         return [quantity] + [0] * (len(accounts) - 1)
 
-    monkeypatch.setattr(book_module, "allocate_integral", first_account_takes_all)
+    broken = book_module.Rule("broken", first_account_takes_all, allocate_sell_integral)
+    monkeypatch.setattr(book_module, "exact_rule", lambda: broken)
     assert audit("--journal", journal.path, "--verify") == 1
     err = capsys.readouterr().err
     source, seq, _ = journal.fills[0]

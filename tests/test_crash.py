@@ -17,8 +17,8 @@ from helpers import (
     wait_for,
 )
 
-from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS
 from common.history import recover
+from common.protocol import DEFAULT_TICKERS, TOPIC_POSITIONS
 from controller.snapshot import build_snapshot
 
 FILLS_PER_SERVER = 50_000
@@ -50,6 +50,8 @@ def test_sigkill_controller_mid_stream_loses_and_duplicates_nothing(tmp_path):
                 str(FILLS_PER_SERVER),
                 "--rate",
                 "15000",
+                "--sell-fraction",
+                "0",  # buys only: the shares sent are then known from the seeds
             )
             for seed in (1, 2)
         ),
@@ -119,7 +121,16 @@ def test_killing_and_restarting_peers_loses_and_duplicates_nothing(tmp_path):
     def fillsim(*args):
         return Running(
             python_module(
-                "fillsim", "--controller", inputs, "--acks", publish, "--source", "desk", *args
+                "fillsim",
+                "--controller",
+                inputs,
+                "--acks",
+                publish,
+                "--source",
+                "desk",
+                "--sell-fraction",
+                "0",
+                *args,
             )
         )
 

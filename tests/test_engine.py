@@ -126,6 +126,7 @@ def test_split_then_fill_publishes_an_allocation_and_acks(engine):
                 "ticker": "MSFT",
                 "price": 12.5,
                 "quantity": 100,
+                "side": "buy",
                 "allocations": {"a": 60, "b": 40},
             },
         ),
@@ -553,7 +554,7 @@ def test_a_record_journaled_twice_stops_recovery_instead_of_counting_twice(tmp_p
     engine.receive(pack(split_message("aum", 1, {"A": 100})))
     engine.receive(pack(fill_message("f", 1, "AAPL", 10.0, 5)))
     engine.commit()
-    writer.append(["F", "f", 1, "AAPL", 10_000_000, 5])  # the same fill again
+    writer.append(["F", "f", 1, "AAPL", 10_000_000, 5, "buy"])  # the same fill again
     writer.close()
     with pytest.raises(JournalCorrupt, match="is f#1, expected f#2"):
         recover(journal, None, TICKERS)

@@ -195,6 +195,8 @@ def test_positions_flow_across_hosts_and_a_cut_link_loses_nothing(network, keys,
             str(FILLS),
             "--rate",
             RATE,
+            "--sell-fraction",
+            "0",
             *client_keys(f"fillsim-{n}"),
         )
         for n in (1, 2)

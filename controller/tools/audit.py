@@ -53,6 +53,7 @@ PIPE_WIDTH = 200  # table width when stdout is not a terminal
 BLOTTER_COLUMNS = {
     "AllocID": 70,  # source#seq of the fill: one allocation instruction per fill
     "Symbol": 55,
+    "Side": 54,  # FIX values: 1 buy, 2 sell
     "Quantity": 53,  # the fill's quantity, the instruction's total
     "AvgPx": 6,  # the fill price (one fill per instruction, so also its LastPx, 31)
     "AllocAccount": 79,
@@ -63,6 +64,7 @@ BLOTTER_COLUMNS = {
     "FillNo": None,  # no FIX tag: the fill's position in the journal (what --since takes)
     "SplitID": None,  # no FIX tag: source#seq of the split in force
 }
+FIX_SIDE = {"buy": "1", "sell": "2"}
 
 
 # -- listing -------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class Filters:
         return (
             entry.number >= self.since
             and (not self.tickers or fill.ticker in self.tickers)
-            and (not self.sources or fill.source in self.sources)
+            and (not self.sources or source_name(fill.source) & self.sources != set())
         )
 
     def lines(self, entry: AuditEntry) -> list[AccountLine]:
@@ -89,10 +91,15 @@ class Filters:
         return [ln for ln in entry.lines() if not self.accounts or ln.account in self.accounts]
 
 
+def source_name(source: str) -> set[str]:
+    """The names a source answers to: itself and, for a session `name@hex`, its name."""
+    return {source, source.split("@", 1)[0]}
+
+
 def audit_table(journal: Path, entries: list[AuditEntry], filters: Filters, total: int) -> Table:
     """One row per account per listed fill: the allocation and what it was decided from."""
     table = Table(title=f"Allocations in {journal}: {len(entries):,} of {total:,} fills listed")
-    for heading in ("#", "Fill", "Ticker", "Qty", "Price", "Split", "Account"):
+    for heading in ("#", "Fill", "Side", "Ticker", "Qty", "Price", "Split", "Account"):
         table.add_column(heading, justify="right" if heading in ("#", "Qty", "Price") else "left")
     for heading in ("Target %", "Value before", "Target value", "Shortfall", "Shares", "After"):
         table.add_column(heading, justify="right")
@@ -101,6 +108,7 @@ def audit_table(journal: Path, entries: list[AuditEntry], filters: Filters, tota
         head = [
             str(entry.number),
             reference(fill),
+            fill.side,
             fill.ticker,
             f"{fill.quantity:,}",
             decimal_text(fill.price_units),
@@ -139,6 +147,7 @@ def write_blotter(out: TextIO, entries: Iterable[AuditEntry], filters: Filters) 
                     [
                         reference(fill),
                         fill.ticker,
+                        FIX_SIDE[fill.side],
                         fill.quantity,
                         decimal_text(fill.price_units),
                         line.account,

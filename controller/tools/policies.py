@@ -19,9 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from common.protocol import Allocated, Fill, Input, Split
-from controller.allocator import allocate_integral
-from controller.book import BOOK, MARKET, VALUATIONS, Book, Rule
+from common.protocol import Allocated, Input
+from controller.book import BOOK, MARKET, VALUATIONS, Book, Rule, exact_rule
 
 __all__ = ["BOOK", "MARKET", "VALUATIONS"]
 
@@ -55,7 +54,24 @@ def pro_rata_integral(
     return shares
 
 
-RULES: dict[str, Rule] = {EXACT: allocate_integral, PRO_RATA: pro_rata_integral}
+def pro_rata_by_holdings(
+    accounts: Sequence[str],
+    values: Sequence[int],
+    weights: Sequence[int],
+    price: int,
+    quantity: int,
+    holdings: Sequence[int],
+    ranks: Sequence[int],
+) -> list[int]:
+    """The sell rule most desks use: each holder sells in proportion to what it holds,
+    rounded down, leftovers by largest remainder (ties by name); never above a holding."""
+    return pro_rata_integral(accounts, values, holdings, price, quantity, ranks)
+
+
+RULES: dict[str, Rule] = {
+    EXACT: exact_rule(),
+    PRO_RATA: Rule(PRO_RATA, pro_rata_integral, pro_rata_by_holdings),
+}
 
 
 def pro_rata_shares(targets: Mapping[str, Fraction], quantity: int) -> dict[str, int]:

@@ -5,15 +5,15 @@ Shared by the audit listing and its verification, so both see the journal the sa
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from common.history import Step, read_steps
-from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Allocated, Fill, Input, Split
-from controller.book import Book
+from common.history import Step, header_of, read_steps
+from common.protocol import PRICE_DECIMALS, PRICE_SCALE, Allocated, Fill, Input, Rejected, Split
+from controller.book import BOOK, Book
 from controller.journal import JournalCorrupt
 
 MIN_DECIMALS = 2  # prices and money are written with at least this many decimals
@@ -33,6 +33,13 @@ def read_journal(path: Path) -> list[Step]:
     if not path.is_file():
         raise AuditError(f"journal {path} does not exist")
     try:
+        header = header_of(path)
+        if header is not None and header.valuation != BOOK:
+            raise AuditError(
+                f"journal {path} was written with {header.valuation} valuation; the audit "
+                "explains book-valuation journals only (replay it with `controller replay "
+                "--valuation market` instead)"
+            )
         return list(read_steps(path))
     except JournalCorrupt as exc:
         raise AuditError(str(exc)) from None
@@ -66,18 +73,24 @@ class AuditEntry:
     fill: Fill
     split: Split
     before: dict[str, int]  # every account's book value before the fill, micro-units
-    shares: dict[str, int]  # what the book allocated, zeros left out
+    shares: dict[str, int]  # what the book allocated (bought or sold), zeros left out
+    held: dict[str, int] = field(default_factory=dict)  # the fill's ticker held before it
+
+    @property
+    def signed_price(self) -> int:
+        """The change in book value per share: +price for a buy, -price for a sell."""
+        return -self.fill.price_units if self.fill.is_sell else self.fill.price_units
 
     def after(self) -> dict[str, int]:
         """Every account's book value after the fill."""
         after = dict(self.before)
         for account, count in self.shares.items():
-            after[account] = after.get(account, 0) + count * self.fill.price_units
+            after[account] = after.get(account, 0) + count * self.signed_price
         return after
 
     def lines(self) -> list[AccountLine]:
         """Accounts in the split or receiving shares, by name: before, target, shares, after."""
-        split, price = self.split, self.fill.price_units
+        split, price = self.split, self.signed_price
         total_after = sum(self.before.values()) + price * self.fill.quantity
         weights = dict(zip(split.accounts, split.weights, strict=True))
         percents = split.target_percent()
@@ -112,21 +125,35 @@ class JournalReplay:
         """Apply one input; an entry for each allocation it caused."""
         self.last_seq[item.source] = item.seq
         before = dict(zip(self.book.accounts, self.book.values, strict=True))
+        held = defaultdict(dict, self._holdings())
         if type(item) is Fill:
             self.fills_read += 1
             self._waiting.append(self.fills_read)
         entries = []
         for decision in self.book.apply(item):
+            if type(decision) is Rejected and type(item) is not Rejected:
+                self._waiting.popleft()  # an over-sell: that fill is answered, not allocated
+                continue
             if type(decision) is not Allocated:
                 continue
             split = self.book.split
             assert split is not None  # an allocation happens only under a split
+            fill = decision.fill
             entry = AuditEntry(
-                self._waiting.popleft(), decision.fill, split, before, decision.shares
+                self._waiting.popleft(), fill, split, before, decision.shares, held[fill.ticker]
             )
             entries.append(entry)
             before = entry.after()
+            held = self._holdings()
         return entries
+
+    def _holdings(self) -> dict[str, dict[str, int]]:
+        """Per ticker, each account's shares now (what a sell may take from)."""
+        holdings: dict[str, dict[str, int]] = {}
+        for account, positions in zip(self.book.accounts, self.book.positions, strict=True):
+            for ticker, count in positions.items():
+                holdings.setdefault(ticker, {})[account] = count
+        return holdings
 
 
 def audit_trail(steps: Iterable[Step]) -> Iterator[AuditEntry]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from common.history import Step
 from common.protocol import PRICE_SCALE, Fill, Input, percent_value
-from controller.allocator import allocate
+from controller.allocator import allocate, allocate_sell
 from controller.book import Book
 from controller.journal import JournalCorrupt, read_checkpoint, read_header, records_start
 from controller.tools.trail import (
@@ -45,7 +45,11 @@ def independent_allocation(entry: AuditEntry) -> dict[str, int]:
     }
     values = {account: Fraction(units, PRICE_SCALE) for account, units in entry.before.items()}
     price = Fraction(entry.fill.price_units, PRICE_SCALE)
-    shares = allocate(values, weights, price, entry.fill.quantity)
+    if entry.fill.is_sell:
+        held = {account: entry.held.get(account, 0) for account in values}
+        shares = allocate_sell(values, weights, price, entry.fill.quantity, held)
+    else:
+        shares = allocate(values, weights, price, entry.fill.quantity)
     return {account: count for account, count in shares.items() if count}
 
 
