@@ -203,6 +203,17 @@ class ProcessControl(Protocol):
         """Let up to `seconds` pass (the real one relays child output meanwhile)."""
 
 
+@dataclass
+class Pipe:
+    """One output pipe of a child, relayed line by line to one of our outputs."""
+
+    stream: IO[bytes]
+    label: str
+    target: TextIO
+    partial: bytes = b""  # an unfinished last line
+    at_end: bool = False
+
+
 class Subprocesses:
     """ProcessControl over subprocess: sessions, death signals, and output relaying.
 
@@ -215,9 +226,8 @@ class Subprocesses:
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
         self.selector = selectors.DefaultSelector()
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        self.partial: dict[int, bytes] = {}  # by pipe fd: an unfinished last line
-        self.closed_outputs: set[int] = set()  # ids of outputs that failed
+        self.processes: dict[int, tuple[subprocess.Popen[bytes], list[Pipe]]] = {}
+        self.closed_outputs: set[int] = set()  # ids of our outputs that failed
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str], label: str) -> int:
         process = subprocess.Popen(
@@ -229,30 +239,29 @@ class Subprocesses:
             env=dict(env),
             preexec_fn=die_with_parent(os.getpid()) if sys.platform == "linux" else None,
         )
-        self.processes[process.pid] = process
-        for stream, target in ((process.stdout, self.out), (process.stderr, self.err)):
-            assert stream is not None
-            os.set_blocking(stream.fileno(), False)
-            self.selector.register(stream, selectors.EVENT_READ, (label, target))
+        assert process.stdout is not None and process.stderr is not None
+        pipes = [Pipe(process.stdout, label, self.out), Pipe(process.stderr, label, self.err)]
+        for pipe in pipes:
+            os.set_blocking(pipe.stream.fileno(), False)
+            self.selector.register(pipe.stream, selectors.EVENT_READ, pipe)
+        self.processes[process.pid] = (process, pipes)
         return process.pid
 
     def exit_code(self, pid: int) -> int | None:
-        process = self.processes[pid]
-        code = process.poll()
-        if code is None:
+        """Look without reaping (WNOWAIT); on exit, SIGKILL what is left of its process
+        group while the exited child still holds the id, then reap it and relay the rest
+        of its output."""
+        process, pipes = self.processes[pid]
+        exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if exited is None:
             return None
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            with contextlib.suppress(KeyError):  # already unregistered at end of file
-                label, target = self.selector.get_key(stream).data
-                self._read(stream, label, target)
-                self.selector.unregister(stream)
-            rest = self.partial.pop(stream.fileno(), b"")
-            if rest:
-                self._write(target, label + rest.decode(errors="replace") + "\n")
-            stream.close()
-        # The group may hold grandchildren; none outlive their parent.
-        self.signal(pid, signal.SIGKILL)
+        self.signal(pid, signal.SIGKILL)  # grandchildren do not outlive their parent
+        code = process.wait()
+        for pipe in pipes:
+            if not pipe.at_end:
+                self._read(pipe)
+            self._end(pipe)
+            pipe.stream.close()
         del self.processes[pid]
         return code
 
@@ -262,26 +271,35 @@ class Subprocesses:
 
     def pause(self, seconds: float) -> None:
         for key, _ in self.selector.select(max(0.0, seconds)):
-            label, target = key.data
-            self._read(key.fileobj, label, target)  # type: ignore[arg-type]
+            self._read(key.data)
 
-    def _read(self, stream: IO[bytes], label: str, target: TextIO) -> None:
-        """Relay every whole line waiting in `stream`; stop watching it at end of file."""
-        fd = stream.fileno()
+    def _read(self, pipe: Pipe) -> None:
+        """Relay every whole line waiting in the pipe; stop watching it at end of file."""
         while True:
             try:
-                data = os.read(fd, READ_CHUNK)
+                data = os.read(pipe.stream.fileno(), READ_CHUNK)
             except BlockingIOError:
                 return
-            if not data:  # the child closed it (or exited): no more readiness to wait for
-                with contextlib.suppress(KeyError):
-                    self.selector.unregister(stream)
+            if not data:  # closed by the child: nothing more will come
+                self._end(pipe)
                 return
-            lines = (self.partial.pop(fd, b"") + data).split(b"\n")
-            self.partial[fd] = lines.pop()
-            self._write(
-                target, "".join(f"{label}{line.decode(errors='replace')}\n" for line in lines)
-            )
+            lines = (pipe.partial + data).split(b"\n")
+            pipe.partial = lines.pop()
+            self._write(pipe.target, "".join(self._line(pipe, line) for line in lines))
+
+    def _end(self, pipe: Pipe) -> None:
+        """Relay an unfinished last line, and stop watching the pipe (once)."""
+        if pipe.at_end:
+            return
+        if pipe.partial:
+            self._write(pipe.target, self._line(pipe, pipe.partial))
+            pipe.partial = b""
+        self.selector.unregister(pipe.stream)
+        pipe.at_end = True
+
+    @staticmethod
+    def _line(pipe: Pipe, line: bytes) -> str:
+        return f"{pipe.label}{line.decode(errors='replace')}\n"
 
     def _write(self, target: TextIO, text: str) -> None:
         """Relay output; if our own output is gone, drop it from then on and carry on."""

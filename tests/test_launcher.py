@@ -6,6 +6,8 @@ The restart and stop logic itself is tested on a fake clock in test_supervisor.p
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 import signal
@@ -23,13 +25,31 @@ STARTED = 30  # seconds allowed for the whole system to start on a loaded machin
 STOPPED = 30  # seconds allowed for a launcher to stop (its grace period is far less)
 
 
-def start_launcher(tmp_path: Path, **popen) -> Running:
+STARTED_HERE: list[Running] = []  # launchers this test started, to show their logs
+
+
+@pytest.fixture(autouse=True)
+def show_launcher_logs():
+    """Print the logs of the launchers a test started: pytest shows them if it fails."""
+    yield
+    for running in STARTED_HERE:
+        print(f"--- stderr of pid {running.process.pid}:\n{running.stderr}")
+    STARTED_HERE.clear()
+
+
+def started(process: subprocess.Popen) -> Running:
+    running = Running(process)
+    STARTED_HERE.append(running)
+    return running
+
+
+def start_launcher(tmp_path: Path) -> Running:
     """`python launcher.py` on ipc:// endpoints and a journal in `tmp_path`, fast intervals."""
-    return Running(
+    return started(
         subprocess.Popen(
             [sys.executable, str(ROOT / "launcher.py"), *launcher_flags(tmp_path)],
             cwd=tmp_path,
-            stdout=popen.pop("stdout", subprocess.PIPE),
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -60,11 +80,8 @@ def child_pids(text: str) -> dict[str, int]:
 
 def all_started(running: Running) -> dict[str, int]:
     """Wait until the launcher has started every child; their pids."""
-    return wait_for(
-        lambda: (pids := child_pids(running.stderr)).keys() == set(SYSTEM) and pids,
-        STARTED,
-        "every child to be started",
-    )
+    wait_for(lambda: child_pids(running.stderr).keys() == set(SYSTEM), STARTED, "every start")
+    return child_pids(running.stderr)
 
 
 def sigterm_order(text: str) -> list[str]:
@@ -254,7 +271,7 @@ while True:
 
 
 def start_driver(grace: float, script: str, **env: str) -> Running:
-    return Running(
+    return started(
         subprocess.Popen(
             [sys.executable, "-c", DRIVER, str(grace), script],
             cwd=ROOT,
@@ -309,6 +326,87 @@ def test_children_get_the_terminal_width_less_the_prefix():
     lines = [line for line in running.stdout.splitlines() if "columns" in line]
     assert all(len(line.split("columns")[0]) == len(prefix) for line in lines)
     assert {line.split()[-1] for line in lines} == {str(100 - len(prefix))}
+
+
+# --- Output relaying (the real ProcessControl, in this process) --------------------------
+
+
+def finished(control: launcher.Subprocesses, pid: int) -> int:
+    """Relay until `pid` has exited; its exit code."""
+    codes: list[int] = []
+
+    def done() -> bool:
+        control.pause(0.05)
+        code = control.exit_code(pid)
+        if code is not None:
+            codes.append(code)
+        return bool(codes)
+
+    wait_for(done, STOPPED, f"pid {pid} to exit")
+    return codes[0]
+
+
+def test_relay_prefixes_every_line_and_keeps_an_unfinished_last_one():
+    out, err = io.StringIO(), io.StringIO()
+    control = launcher.Subprocesses(out, err)
+    script = "import sys; print('one'); print('two', file=sys.stderr); sys.stdout.write('three')"
+    pid = control.start("x", [sys.executable, "-c", script], os.environ, "x  | ")
+    assert finished(control, pid) == 0
+    assert out.getvalue() == "x  | one\nx  | three\n"
+    assert err.getvalue() == "x  | two\n"
+    assert not control.selector.get_map()  # nothing left to watch
+
+
+def test_relay_stops_watching_a_pipe_its_child_closed():
+    out = io.StringIO()
+    control = launcher.Subprocesses(out, io.StringIO())
+    script = "import os, sys, time\nprint('bye', flush=True)\nos.close(1)\ntime.sleep(60)"
+    pid = control.start("x", [sys.executable, "-c", script], os.environ, "x | ")
+    try:
+        wait_for(lambda: control.pause(0.05) or len(control.selector.get_map()) == 1, STOPPED)
+        assert out.getvalue() == "x | bye\n"
+        assert control.exit_code(pid) is None  # still running, only its stdout is gone
+    finally:
+        control.signal(pid, signal.SIGKILL)
+    assert finished(control, pid) == -signal.SIGKILL
+
+
+class ClosedOutput(io.StringIO):
+    """An output whose reader has gone."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_relay_drops_output_that_cannot_be_written_and_carries_on(caplog):
+    err = io.StringIO()
+    control = launcher.Subprocesses(ClosedOutput(), err)
+    script = (
+        "import sys\nfor n in range(3): print(n, flush=True)\nprint('still here', file=sys.stderr)"
+    )
+    caplog.set_level(logging.WARNING, "launcher")
+    pid = control.start("x", [sys.executable, "-c", script], os.environ, "x | ")
+    assert finished(control, pid) == 0
+    assert err.getvalue() == "x | still here\n"
+    assert caplog.text.count("output closed") == 1
+
+
+def test_a_childs_process_group_dies_with_it():
+    out = io.StringIO()
+    control = launcher.Subprocesses(out, io.StringIO())
+    # The child starts a grandchild in its own process group, says its pid, then exits.
+    script = (
+        "import subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(g.pid, flush=True)"
+    )
+    pid = control.start("x", [sys.executable, "-c", script], os.environ, "x | ")
+    assert finished(control, pid) == 0
+    grandchild = int(out.getvalue().split()[-1])
+    try:
+        wait_for(lambda: not pid_alive(grandchild), STOPPED, "the grandchild to be killed")
+    finally:
+        kill_leftovers([grandchild])
 
 
 # --- The configuration lock -------------------------------------------------------------
