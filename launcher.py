@@ -116,7 +116,7 @@ class Policy:
     backoff_first: float = BACKOFF_FIRST
     backoff_max: float = BACKOFF_MAX
     flapping_after: int = FLAPPING_AFTER
-    give_up: bool = True  # False: retried forever at backoff_max once flapping
+    give_up: bool = True  # False: retried forever, at the capped backoff, even when flapping
 
     def delay(self, fast_failures: int) -> float:
         """Seconds before the next start: doubling from backoff_first, capped."""
@@ -124,6 +124,7 @@ class Policy:
         return min(self.backoff_max, self.backoff_first * 2**doublings)
 
     def flapping(self, fast_failures: int) -> bool:
+        """Too many fast failures in a row: give up, or (if not allowed to) go quiet."""
         return fast_failures >= self.flapping_after
 
 
@@ -148,12 +149,10 @@ class Child:
     started_at: float = 0.0
     restart_at: float = 0.0
     fast_failures: int = 0
-    starts: int = 0
 
     def started(self, pid: int | None, now: float) -> None:
         """STOPPED/BACKOFF -> RUNNING (pid None: the start itself failed)."""
         self.state, self.pid, self.started_at = State.RUNNING, pid, now
-        self.starts += 1
 
     def settled(self, now: float) -> bool:
         """While running: True once, when a start after fast failures has come to count."""
@@ -486,39 +485,34 @@ class Supervisor:
             [c for c in self.children if c.stop_group == g]
             for g in sorted({c.stop_group for c in self.children})
         ]
+        latest = [start + self.grace * k / len(groups) for k in range(len(groups))]
         for child in self.children:
             if child.state is State.BACKOFF:
                 child.state = State.STOPPED
         signalled = 0  # groups signalled so far
-        killed_at: float | None = None
-        while True:
+        while self._reap_stopping():
             now = self.clock()
-            self._reap_stopping()
-            if not self._running(self.children):
-                return
-            if killed_at is None and now >= deadline:
+            if now >= deadline:
                 self._kill_stragglers()
-                killed_at = now
-            if killed_at is not None:
-                if now >= killed_at + KILL_WAIT:
-                    log.error(
-                        "%s not gone %.0f s after SIGKILL",
-                        ", ".join(c.name for c in self._running(self.children)),
-                        KILL_WAIT,
-                    )
-                    return
-                self.control.pause(min(LOOP_SLICE, killed_at + KILL_WAIT - now))
-                continue
+                self._await_exits(now + KILL_WAIT)
+                return
             while signalled < len(groups) and (
-                not self._running([c for g in groups[:signalled] for c in g])
-                or now >= start + self.grace * signalled / len(groups)
+                now >= latest[signalled]
+                or not self._running([c for group in groups[:signalled] for c in group])
             ):
                 self._terminate(groups[signalled])
                 signalled += 1
-            wake = deadline
-            if signalled < len(groups):
-                wake = min(wake, start + self.grace * signalled / len(groups))
-            self.control.pause(min(LOOP_SLICE, wake - now))
+            self.control.pause(min(LOOP_SLICE, min([deadline, *latest[signalled:]]) - now))
+
+    def _await_exits(self, until: float) -> None:
+        """After SIGKILL: wait for the exits, but never hang on a process that will not go."""
+        while self._reap_stopping():
+            now = self.clock()
+            if now >= until:
+                names = ", ".join(c.name for c in self._running(self.children))
+                log.error("%s still not gone after SIGKILL; leaving them", names)
+                return
+            self.control.pause(min(LOOP_SLICE, until - now))
 
     @staticmethod
     def _running(children: list[Child]) -> list[Child]:
@@ -545,13 +539,14 @@ class Supervisor:
         if child.pid is not None:
             self.control.signal(child.pid, signum)
 
-    def _reap_stopping(self) -> None:
-        """While stopping, every exit is final."""
+    def _reap_stopping(self) -> bool:
+        """While stopping, every exit is final; True while any child still runs."""
         for child in self._running(self.children):
             code = None if child.pid is None else self.control.exit_code(child.pid)
             if child.pid is None or code is not None:
                 child.state, child.pid = State.STOPPED, None
                 log.info("%s stopped (exit %s)", child.name, code)
+        return bool(self._running(self.children))
 
 
 # --- One launcher per configuration -----------------------------------------------------

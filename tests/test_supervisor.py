@@ -53,6 +53,7 @@ class FakeProcesses:
     clock: FakeClock
     lifetimes: dict[str, list[tuple[float, int] | None]] = field(default_factory=dict)
     stubborn: set[str] = field(default_factory=set)
+    unkillable: set[str] = field(default_factory=set)  # stuck in the kernel: even SIGKILL
     term_delay: float = 0.0
     fail_to_start: dict[str, int] = field(default_factory=dict)  # name: starts that fail
     processes: dict[int, FakeProcess] = field(default_factory=dict)
@@ -87,6 +88,8 @@ class FakeProcesses:
         if process is None:
             return
         self.events.append((self.clock(), signal.Signals(signum).name, process.name))
+        if process.name in self.unkillable:
+            return
         if signum == signal.SIGKILL:
             process.exit_at, process.code = self.clock(), -signal.SIGKILL
         elif process.name not in self.stubborn:
@@ -318,6 +321,15 @@ def test_a_stuck_sender_delays_the_rest_only_to_their_share_of_the_grace_period(
     assert [(t - T0, n) for t, e, n in fake.events if e == "SIGKILL"] == [
         (10.0 + STOP_GRACE, "fillsim-1")
     ]
+
+
+def test_the_stop_never_hangs_on_a_child_that_even_sigkill_cannot_end(clock, caplog):
+    children = system()
+    fake = FakeProcesses(clock, unkillable={"positions"})
+    supervise(clock, fake, until=10, children=children)
+    assert fake.times("SIGKILL", "positions") == [10.0 + STOP_GRACE]
+    assert clock() - T0 == 10.0 + STOP_GRACE + launcher.KILL_WAIT
+    assert "positions still not gone after SIGKILL" in caplog.text
 
 
 def test_a_child_waiting_to_restart_is_not_restarted_or_signalled_by_the_stop(clock):
