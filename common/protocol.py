@@ -42,7 +42,8 @@ PRICE_SCALE = 10**PRICE_DECIMALS  # prices and values are kept as integer micro-
 MAX_PRICE = 1_000_000  # per share; anything above is a fat finger
 MAX_QUANTITY = 10_000_000_000  # shares in one fill
 MAX_SEQ = 2**63 - 1
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # any message but a split
+MAX_SPLIT_MESSAGE_BYTES = 2 * 1024 * 1024  # a split of MAX_ACCOUNTS long names fits
 MAX_NAME_LENGTH = 128  # source and account names
 MAX_ACCOUNTS = 10_000
 SPLIT_TOTAL = 100
@@ -353,6 +354,8 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Input | Unre
 def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
     """Decode and validate one input message; raise Invalid with a specific reason."""
     # An oversize message is still read for its source and seq, so that its seq is consumed.
+    if len(raw) > MAX_SPLIT_MESSAGE_BYTES:  # too big for anything: not even decoded
+        raise Invalid(_size_reason(raw, MAX_SPLIT_MESSAGE_BYTES))
     oversize = len(raw) > MAX_MESSAGE_BYTES
     try:
         body = msgpack.unpackb(raw, raw=False)
@@ -362,6 +365,7 @@ def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
     if not isinstance(body, dict):
         reason = f"message must be a msgpack map, got {type(body).__name__}"
         raise Invalid(_size_reason(raw) if oversize else reason)
+    oversize = len(raw) > size_limit(body.get("type"))
     try:
         source, seq = _read_identity(body)
     except RecursionError:
@@ -371,7 +375,7 @@ def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
             raise Invalid(_size_reason(raw), rejection.source) from None
         raise
     if oversize:
-        raise Invalid(_size_reason(raw), source, seq)
+        raise Invalid(_size_reason(raw, size_limit(body.get("type"))), source, seq)
     try:
         kind = body.get("type")
         if kind == FILL:
@@ -421,8 +425,13 @@ def _exact_percents(percents: list[int | float]) -> tuple[list[int], int]:
 _NESTED = "message is nested too deeply to read"
 
 
-def _size_reason(raw: bytes) -> str:
-    return f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
+def size_limit(kind: Any) -> int:
+    """The largest encoded message of type `kind` the controller accepts."""
+    return MAX_SPLIT_MESSAGE_BYTES if kind == SPLIT else MAX_MESSAGE_BYTES
+
+
+def _size_reason(raw: bytes, limit: int = MAX_MESSAGE_BYTES) -> str:
+    return f"message is {len(raw):,} bytes, over the {limit:,}-byte limit"
 
 
 def _read_identity(body: dict) -> tuple[str, int]:

@@ -30,9 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common import protocol, security
 from common.protocol import (
-    MAX_MESSAGE_BYTES,
     MAX_NAME_LENGTH,
-    SPLIT,
     ack_topic,
     pack,
     read_event,
@@ -65,9 +63,7 @@ class MessageTooLarge(ValueError):
 def size_limit(kind: object) -> int:
     """The largest encoded message of type `kind` the controller accepts (splits may have a
     larger limit than fills)."""
-    if kind == SPLIT:
-        return int(getattr(protocol, "MAX_SPLIT_MESSAGE_BYTES", MAX_MESSAGE_BYTES))
-    return MAX_MESSAGE_BYTES
+    return protocol.size_limit(kind)
 
 
 def worth_logging(count: int) -> bool:

@@ -112,11 +112,11 @@ class Book:
         known = len(self.accounts)
         for account in split.accounts:
             self._ensure_account(account)
-        if len(self.accounts) != known:
-            self.ranks = name_ranks(self.accounts)  # once per split, not per new account
         self.weights = [0] * len(self.accounts)
         for account, weight in zip(split.accounts, split.weights, strict=True):
             self.weights[self._index[account]] = weight
+        if self._forget_empty_accounts() or len(self.accounts) != known:
+            self.ranks = name_ranks(self.accounts)  # once per split, not per new account
         self.split = split
         self.splits_applied += 1
         waiting, self.pending = self.pending, deque()
@@ -180,6 +180,26 @@ class Book:
                 taken[accounts[i]] = count
         self.fills_allocated += 1
         return Allocated(fill, taken, released)
+
+    def _forget_empty_accounts(self) -> bool:
+        """Drop accounts with no target, no shares and no money: they can take no part in
+        any allocation, so keeping them would only let splits grow memory without bound
+        (they stay in the journal and the audit). True if any was dropped."""
+        keep = [
+            i
+            for i, (weight, held, value) in enumerate(
+                zip(self.weights, self.positions, self.values, strict=True)
+            )
+            if weight or held or value
+        ]
+        if len(keep) == len(self.accounts):
+            return False
+        self.accounts = [self.accounts[i] for i in keep]
+        self.values = [self.values[i] for i in keep]
+        self.positions = [self.positions[i] for i in keep]
+        self.weights = [self.weights[i] for i in keep]
+        self._index = {account: i for i, account in enumerate(self.accounts)}
+        return True
 
     def _ensure_account(self, account: str) -> None:
         if account not in self._index:

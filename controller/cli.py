@@ -40,6 +40,7 @@ DEFAULTS = {
     "fsync": "always",
     "fsync_interval": 1.0,
     "checkpoint_interval": 60.0,
+    "source_retire_after": 3600.0,
     "valuation": "book",
     "log_level": "INFO",
     **security.SERVER_DEFAULTS,
@@ -66,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync-interval", type=float, metavar="SECONDS")
     p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
     p.add_argument(
+        "--source-retire-after",
+        type=float,
+        metavar="SECONDS",
+        help="stop repeating acks of a source idle and fully acknowledged this long",
+    )
+    p.add_argument(
         "--valuation", choices=VALUATIONS, help="account value: book (cash in) or market"
     )
     security.add_flags(p, server=True)
@@ -82,7 +89,12 @@ TOOLS = {
 
 def setting_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the settings, checked before the journal is touched."""
-    for name in ("snapshot_interval", "fsync_interval", "checkpoint_interval"):
+    for name in (
+        "snapshot_interval",
+        "fsync_interval",
+        "checkpoint_interval",
+        "source_retire_after",
+    ):
         if not getattr(args, name) > 0:
             return f"{name} must be > 0, got {getattr(args, name)}"
     if args.fsync not in FSYNC_POLICIES:
@@ -173,6 +185,7 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
             snapshot_interval=args.snapshot_interval,
             checkpoint_path=checkpoint_path,
             checkpoint_interval=args.checkpoint_interval,
+            source_retire_after=args.source_retire_after,
             security=guard,
             rebuild=lambda: recovered_engine(journal, dead),
         )

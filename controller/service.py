@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 
 from common.lifecycle import POLL_SLICE_MS, StopFlag
-from common.protocol import MAX_MESSAGE_BYTES, Output, encode_output
+from common.protocol import MAX_SPLIT_MESSAGE_BYTES, Ack, Output, encode_output
 from common.security import ServerSecurity, sender_user_id
 from controller.engine import Engine
 from controller.journal import JournalFailed, JournalFull
@@ -34,11 +34,12 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 2048  # messages drained per journal commit, at most
 BATCH_SECONDS = 0.005  # and at most this long, so no event waits long for its commit
-TRANSPORT_MAX_MESSAGE = 16 * MAX_MESSAGE_BYTES  # beyond this ZeroMQ drops the peer itself
+TRANSPORT_MAX_MESSAGE = 2 * MAX_SPLIT_MESSAGE_BYTES  # beyond this ZeroMQ drops the peer
 #: Messages queued per subscriber before PUB drops for it: bounds what a subscriber that
 #: never reads can make the controller buffer (snapshots are full state; acks are resent).
 PUB_HWM = 10_000
 SNDMORE = int(zmq.SNDMORE)  # an int: pyzmq's enum flag arithmetic is slow per message
+SOURCE_RETIRE_AFTER = 3600.0  # seconds a fully acknowledged source stays in the ack broadcast
 PAUSE_RETRY_SECONDS = 5.0  # how often a paused controller checks for free space
 FREE_SPACE_MARGIN = 64 * 1024  # bytes free beyond the failed batch before input resumes
 
@@ -60,6 +61,7 @@ class ControllerService:
         security: ServerSecurity | None = None,
         rebuild: Callable[[], Engine] | None = None,
         free_space: Callable[[], int] | None = None,
+        source_retire_after: float = SOURCE_RETIRE_AFTER,
     ) -> None:
         """`rebuild` makes a fresh engine from the journal on disk (after a full disk);
         `free_space` says how many bytes the journal's file system has free."""
@@ -72,6 +74,9 @@ class ControllerService:
         self.space_needed = 0
         self.next_space_check = 0.0
         self.failure: str | None = None  # set when the journal failed: fail-stop
+        self.source_retire_after = source_retire_after
+        started = clock()
+        self.last_heard = dict.fromkeys(engine.sequencer.last_seq, started)
         self.security = security
         self.instance = uuid.uuid4().hex[:12]
         self.clock = clock
@@ -192,6 +197,10 @@ class ControllerService:
         except JournalFailed as exc:
             self._fail(exc)
             return
+        now = self.clock()
+        for output in outputs:
+            if type(output) is Ack:
+                self.last_heard[output.source] = now
         self.publish_outputs(outputs)
 
     def publish_outputs(self, outputs: list[Output]) -> None:
@@ -220,7 +229,19 @@ class ControllerService:
         topic, body = snapshot.frames()
         self.pub.send(topic, SNDMORE)
         self.pub.send(body)
-        self.publish_outputs(list(engine.acks()))
+        self.publish_outputs(self._acks_to_repeat())
+
+    def _acks_to_repeat(self) -> list[Output]:
+        """Every source's ack, for senders that missed one, except sources idle for longer
+        than `source_retire_after` and fully acknowledged (nothing of theirs waits)."""
+        now, sequencer = self.clock(), self.engine.sequencer
+        horizon = now - self.source_retire_after
+        heard = self.last_heard
+        return [
+            ack
+            for ack in self.engine.acks()
+            if heard.setdefault(ack.source, now) > horizon or sequencer.is_waiting(ack.source)
+        ]
 
     # -- when the journal cannot be written ------------------------------------------------
     def _fail(self, exc: JournalFailed) -> None:

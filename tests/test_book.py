@@ -90,7 +90,11 @@ class Reference:
 
     def check(self, book: Book) -> None:
         """The book holds exactly what the reference computed."""
-        assert sorted(book.accounts) == sorted(self.values)
+        kept = set(book.accounts)
+        for account in set(self.values) - kept:  # forgotten only when it has nothing
+            assert self.values[account] == 0 and not any(self.shares[account].values())
+            assert self.weights.get(account, 0) == 0, account
+        assert kept <= set(self.values)
         for i, account in enumerate(book.accounts):
             assert Fraction(book.values[i], PRICE_SCALE) == self.values[account], account
             assert book.positions[i] == self.shares[account], account
@@ -219,12 +223,28 @@ def test_dropped_accounts_get_nothing_more_but_keep_positions():
     assert snapshot["totals"]["positions"] == {"AAPL": 50, "MSFT": 14 * 9, "XOM": 0}
 
 
-def test_zero_percent_account_exists_but_gets_nothing():
+def test_zero_percent_account_gets_nothing_and_is_not_kept_while_empty():
     book = Book(TICKERS)
     apply_split(book, split({"a": 100, "z": 0}))
     allocation = apply_fill(book, fill("AAPL", "1", 1000))
     assert allocation.shares == {"a": 1000}
-    assert snapshot_of(book)["accounts"]["z"]["positions"] == dict.fromkeys(TICKERS, 0)
+    assert "z" not in snapshot_of(book)["accounts"]  # no target, no shares, no money
+
+
+def test_splits_naming_ever_new_accounts_do_not_grow_the_book():
+    """Accounts that hold nothing and have no target are forgotten at the next split, so a
+    stream of splits with fresh names keeps the book (and its snapshots) small."""
+    book = Book(TICKERS)
+    apply_split(book, split({"a": 100}))
+    apply_fill(book, fill("AAPL", "10", 10))
+    for seq in range(2, 22):
+        names = {f"new-{seq}-{n}": 0.01 for n in range(1000)}
+        names["a"] = 100 - 10
+        apply_split(book, split(names, seq=seq))
+    assert len(book.accounts) <= 1001
+    assert len(snapshot_of(book)["accounts"]) <= 1001
+    apply_split(book, split({"a": 100}, seq=22))
+    assert book.accounts == ["a"]
 
 
 # -- snapshot ------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_oversize_message():
     raw = b"\x00" * (MAX_MESSAGE_BYTES + 1)
     rejection = rejected(
         raw,
-        f"message is {MAX_MESSAGE_BYTES + 1} bytes, over the {MAX_MESSAGE_BYTES}-byte limit",
+        f"message is {MAX_MESSAGE_BYTES + 1:,} bytes, over the {MAX_MESSAGE_BYTES:,}-byte limit",
     )
     assert (rejection.source, rejection.seq) == (None, None)
 
@@ -119,7 +119,7 @@ def test_oversize_valid_msgpack_is_rejected_with_its_identity():
     raw = pack(body)
     assert len(raw) > MAX_MESSAGE_BYTES
     rejection = rejected(
-        raw, f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
+        raw, f"message is {len(raw):,} bytes, over the {MAX_MESSAGE_BYTES:,}-byte limit"
     )
     # Its seq is consumed, so the sender's later messages are not held up behind it.
     assert (rejection.source, rejection.seq) == (body["source"], body["seq"])
@@ -512,3 +512,24 @@ def test_split_round_trip_normalises_any_positive_integers(raw):
     assert split.accounts == tuple(sorted(raw))
     assert split.percents == tuple(splits[a] for a in split.accounts)
     assert math.isclose(sum(split.target_percent().values()), 100, rel_tol=0, abs_tol=1e-9)
+
+
+def test_a_split_of_the_most_accounts_with_long_names_is_one_message():
+    """The documented account limit fits the split size limit, whatever the names."""
+    from common.protocol import MAX_ACCOUNTS, MAX_NAME_LENGTH, MAX_SPLIT_MESSAGE_BYTES
+
+    names = [f"{n:0{MAX_NAME_LENGTH}d}" for n in range(MAX_ACCOUNTS)]
+    splits = dict.fromkeys(names, 100 / MAX_ACCOUNTS)
+    raw = pack(split_body(splits))
+    assert MAX_MESSAGE_BYTES < len(raw) <= MAX_SPLIT_MESSAGE_BYTES
+    split = validate(raw, TICKERS)
+    assert len(split.accounts) == MAX_ACCOUNTS
+
+
+def test_a_fill_over_the_fill_limit_is_refused_though_a_split_that_size_is_not():
+    big = "x" * (MAX_MESSAGE_BYTES + 10)
+    with pytest.raises(Invalid, match=r"over the 65,536-byte limit"):
+        validate(pack(fill_body(note=big)), TICKERS)
+    with pytest.raises(Invalid, match=r"over the 2,097,152-byte limit") as info:
+        validate(pack(split_body({"a": 100}) | {"note": "x" * (3 << 20)}), TICKERS)
+    assert info.value.source is None  # too big to be read at all

@@ -21,6 +21,7 @@ from test_service import make_service, rebind
 
 from aumsim.service import AumSimulator
 from aumsim.splits import account_names
+from common import protocol
 from common.history import recover
 from common.lifecycle import StopFlag
 from common.protocol import (
@@ -398,7 +399,10 @@ def test_aum_simulator_says_what_was_accepted_and_rejected_at_exit(ctx, fake, ca
     sender.close()
 
 
-def test_aum_simulator_logs_an_oversize_split_and_finishes(ctx, fake, caplog):
+def test_aum_simulator_logs_an_oversize_split_and_finishes(ctx, fake, caplog, monkeypatch):
+    # Any split within the account limit fits the real split limit; a smaller limit makes
+    # one that does not, with an account count the simulator accepts.
+    monkeypatch.setattr(protocol, "MAX_SPLIT_MESSAGE_BYTES", 64 * 1024)
     sender = connected_sender(ctx, fake, clock=time.monotonic)
     count = size_limit(SPLIT) // 100 + 1  # names of over 100 bytes each: too big
     accounts = [f"{'A' * 100}{i:08d}" for i in range(count)]

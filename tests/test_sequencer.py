@@ -123,3 +123,15 @@ def test_mark_applied_records_a_seq_without_offering_it():
     assert seq.offer("a", 4, "a4") == ["a4"]
     assert seq.duplicates == 2
     assert seq.held == 0
+
+
+def test_held_messages_are_capped_in_total_over_all_sources():
+    """Many sources, each with a small gap, cannot make the sequencer hold without bound."""
+    seq = Sequencer(max_held=10, max_held_total=25)
+    for n in range(100):
+        assert seq.offer(f"s{n}", 2, n) == []  # seq 1 of every source is missing
+    assert seq.held == 25
+    assert seq.dropped == 75
+    assert seq.offer("s0", 1, "first") == ["first", 0]  # the held one is released in order
+    assert seq.held == 24
+    assert not seq.is_waiting("s0") and seq.is_waiting("s1") and not seq.is_waiting("s99")

@@ -155,7 +155,7 @@ def test_position_server_sees_snapshots_and_a_restart(ctx):
     clock = FakeClock()
     service = make_service(ctx, ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"), clock)
     endpoints = (service.inputs, service.publish)
-    server = PositionServer(ctx, endpoints[1], lambda snap, notes: shown.append((snap, notes)))
+    server = PositionServer(ctx, endpoints[1], lambda update: shown.append(update))
 
     def publish_until_shown(controller):
         for _ in range(500):
@@ -165,11 +165,11 @@ def test_position_server_sees_snapshots_and_a_restart(ctx):
         raise AssertionError("no snapshot reached the position server")
 
     publish_until_shown(service)
-    assert shown[0][1] == []
+    assert shown[0].notices == []
     service.close()
     replacement = rebind(ctx, endpoints, clock)
     publish_until_shown(replacement)
-    assert any("controller restarted" in note for note in shown[-1][1])
+    assert any("controller restarted" in note for note in shown[-1].notices)
     assert server.watcher.restarts == 1
     replacement.close()
 
@@ -183,3 +183,34 @@ def test_watcher_reports_missed_snapshots():
     assert watcher.observe({"instance": "a", "seq": 5}) == ["missed 2 snapshot(s): #2 then #5"]
     assert watcher.missed == 2
     assert "restarted" in watcher.observe({"instance": "b", "seq": 1})[0]
+
+
+def test_idle_fully_acknowledged_sources_leave_the_ack_broadcast(ctx, endpoints):
+    clock = FakeClock()
+    service = make_service(ctx, endpoints, clock, source_retire_after=60.0)
+    sub = subscriber(ctx, endpoints[1])
+    sync(service, sub)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoints[0])
+    push.send(pack(split_message("aum", 1, {"a": 100})))
+    push.send(pack(fill_message("old", 1, "AAPL", 10.0, 5)))
+    push.send(pack(fill_message("gapped", 1, "AAPL", 10.0, 5)))
+    push.send(pack(fill_message("gapped", 3, "AAPL", 10.0, 5)))  # waits behind seq 2
+    wait_for(lambda: service.step(10) or service.engine.sequencer.is_waiting("gapped"), 10)
+    clock.advance(30)
+    push.send(pack(fill_message("new", 1, "AAPL", 10.0, 5)))
+    wait_for(lambda: service.step(10) or service.engine.sequencer.last_seq.get("new"), 10)
+    clock.advance(45)  # "old", "gapped" and "aum" idle for 75 s, "new" for 45 s
+    collect(sub, 10)
+
+    def repeated_acks() -> set[str]:
+        service.publish_snapshot()
+        events = collect(sub, 100)
+        return {body["source"] for topic, body in events if topic.startswith(TOPIC_ACK)}
+
+    assert repeated_acks() == {"new", "gapped"}
+    push.send(pack(fill_message("old", 2, "AAPL", 10.0, 5)))  # heard again: back in
+    wait_for(lambda: service.step(10) or service.engine.sequencer.last_seq["old"] == 2, 10)
+    assert repeated_acks() == {"new", "gapped", "old"}
+    service.close()
+    push.close(linger=0)
