@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
 TOOLS = {
     "audit": "controller.tools.audit",
     "replay": "controller.tools.replay",
-    "keys": "controller.keys",
+    "keys": "controller.tools.keys",
 }
 
 

@@ -15,7 +15,7 @@ from helpers import FakeClock, python_module
 from common import allowlist, security
 from common.allowlist import PERMISSIONS_FILE, AllowList, SecurityError, load_permissions
 from common.protocol import FILL, SPLIT
-from controller import keys as keys_tool
+from controller.tools import keys as keys_tool
 
 PERMISSIONS = """\
 # who may send what
