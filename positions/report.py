@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from rich.table import Table
@@ -44,7 +44,9 @@ FIGURE_SIZE = (12, 6)  # inches
 FIGURE_DPI = 100
 MARKER_LIMIT = 50  # series shorter than this get a dot per point, so single points show
 LEGEND_LIMIT = 20  # accounts beyond this are not listed in the legend
-SPLIT_LINE = {"color": "grey", "linestyle": ":", "linewidth": 1}
+SPLIT_LINE_COLOUR = "grey"
+SPLIT_LINE_STYLE: Final = ":"
+SPLIT_LINE_WIDTH = 1.0
 PIPE_WIDTH = 200  # table width when stdout is not a terminal
 
 
@@ -228,7 +230,7 @@ def runs_table(runs: list[Run]) -> Table:
 def build_figure(history: History) -> Figure:
     """The drift chart: per account a solid weight line and a dashed target line, in one
     colour, and a dotted vertical line at each split change."""
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -242,7 +244,12 @@ def build_figure(history: History) -> Figure:
         ax.plot(xs, weights, color=colour, marker=marker, label=account)
         ax.plot(xs, targets, color=colour, linestyle="--", linewidth=1, drawstyle="steps-post")
     for x in history.split_changes:
-        ax.axvline(x, **SPLIT_LINE)
+        ax.axvline(
+            date2num(x) if isinstance(x, datetime) else x,
+            color=SPLIT_LINE_COLOUR,
+            linestyle=SPLIT_LINE_STYLE,
+            linewidth=SPLIT_LINE_WIDTH,
+        )
     if history.axis == TIME_AXIS:
         locator = AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
@@ -255,7 +262,14 @@ def build_figure(history: History) -> Figure:
         handles, _ = ax.get_legend_handles_labels()
         handles += [
             Line2D([], [], color="black", linestyle="--", linewidth=1, label="target"),
-            Line2D([], [], **SPLIT_LINE, label="split changed"),
+            Line2D(
+                [],
+                [],
+                color=SPLIT_LINE_COLOUR,
+                linestyle=SPLIT_LINE_STYLE,
+                linewidth=SPLIT_LINE_WIDTH,
+                label="split changed",
+            ),
         ]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return figure

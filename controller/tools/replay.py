@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,7 @@ def csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
             raise RowError(reader.line_num, str(exc)) from None
 
 
-def check_csv_header(header: list[str] | None) -> None:
+def check_csv_header(header: Sequence[str] | None) -> None:
     """The header must name only known columns and include `type`."""
     if not header:
         raise RowError(1, "empty file: expected a header " + ",".join(CSV_COLUMNS))

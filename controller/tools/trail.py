@@ -5,7 +5,7 @@ Shared by the audit listing and its verification, so both see the journal the sa
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -125,7 +125,7 @@ class JournalReplay:
         """Apply one input; an entry for each allocation it caused."""
         self.last_seq[item.source] = item.seq
         before = dict(zip(self.book.accounts, self.book.values, strict=True))
-        held = defaultdict(dict, self._holdings())
+        held = self._holdings()
         if type(item) is Fill:
             self.fills_read += 1
             self._waiting.append(self.fills_read)
@@ -139,12 +139,15 @@ class JournalReplay:
             split = self.book.split
             assert split is not None  # an allocation happens only under a split
             fill = decision.fill
+            ticker_held = held.setdefault(fill.ticker, {})
             entry = AuditEntry(
-                self._waiting.popleft(), fill, split, before, decision.shares, held[fill.ticker]
+                self._waiting.popleft(), fill, split, before, decision.shares, dict(ticker_held)
             )
             entries.append(entry)
             before = entry.after()
-            held = self._holdings()
+            sign = -1 if fill.is_sell else 1  # what the next released fill starts from
+            for account, count in decision.shares.items():
+                ticker_held[account] = ticker_held.get(account, 0) + sign * count
         return entries
 
     def _holdings(self) -> dict[str, dict[str, int]]:

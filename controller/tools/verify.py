@@ -350,7 +350,7 @@ def locate_edit(items: list[Input], replayed: Book, saved: Book, offset: int) ->
     numbers = fill_numbers(items)
     edits = [
         (
-            fill_text(numbers[index], items[index]),
+            fill_text(numbers[index], fill_at(items, index)),
             f"{original.ticker} {original.quantity:,} @ {decimal_text(original.price_units)}",
         )
         for index, original in found
@@ -368,6 +368,13 @@ def locate_edit(items: list[Input], replayed: Book, saved: Book, offset: int) ->
             f"any one of these fills reproduces it exactly: {alternatives}"
         )
     return None
+
+
+def fill_at(items: list[Input], index: int) -> Fill:
+    """The fill at `index` (edits are only ever found on fills)."""
+    item = items[index]
+    assert type(item) is Fill
+    return item
 
 
 def fill_numbers(items: list[Input]) -> dict[int, int]:
