@@ -8,6 +8,10 @@ sixth account joins at the third split.
 
     python examples/make_day.py            # rewrites examples/day.jsonl and examples/day.csv
     python examples/make_day.py OUT_DIR    # writes them into OUT_DIR instead
+
+It also writes day-sells.jsonl and day-sells.csv: the same day in which about a third of the
+fills are sells (of at most half of what the accounts hold of that ticker), so that a split
+that moves a target down can be met by selling.
 """
 
 from __future__ import annotations
@@ -26,15 +30,21 @@ ACCOUNTS_PER_SPLIT = (5, 5, 6, 6)  # one split per entry, each followed by a blo
 FILLS_PER_SPLIT = 100
 MARKET_SEED = 7
 SPLIT_SEED = 11
+SIDE_SEED = 13
+SELL_FRACTION = 1 / 3
 DRIFT = 0.2  # how far each split moves from the previous one towards a fresh random split
 BASIS_POINTS = 10_000  # 100.00 % in hundredths of a percent
 CSV_HEADER = ("type", "ticker", "price", "quantity", "splits")
+CSV_SELLS_HEADER = (*CSV_HEADER, "side")
 
 
-def day() -> list[dict]:
-    """The day's inputs in order, as replay's JSON-lines objects (no source or seq)."""
+def day(sells: bool = False) -> list[dict]:
+    """The day's inputs in order, as replay's JSON-lines objects (no source or seq); with
+    `sells`, about SELL_FRACTION of the fills sell at most half of what is held."""
     market = Market(TICKERS, seed=MARKET_SEED)
     split_rng = random.Random(SPLIT_SEED)
+    side_rng = random.Random(SIDE_SEED)
+    held = dict.fromkeys(TICKERS, 0)
     items: list[dict] = []
     split: dict[str, float] = {}
     for count in ACCOUNTS_PER_SPLIT:
@@ -43,7 +53,13 @@ def day() -> list[dict]:
         items.append({"type": "split", "splits": split})
         for _ in range(FILLS_PER_SPLIT):
             ticker, price, quantity = market.next_fill()
-            items.append({"type": "fill", "ticker": ticker, "price": price, "quantity": quantity})
+            fill = {"type": "fill", "ticker": ticker, "price": price, "quantity": quantity}
+            if sells and held[ticker] >= 2 and side_rng.random() < SELL_FRACTION:
+                fill.update(quantity=min(quantity, held[ticker] // 2), side="sell")
+                held[ticker] -= fill["quantity"]
+            else:
+                held[ticker] += quantity
+            items.append(fill)
     return items
 
 
@@ -61,23 +77,26 @@ def drifted(old: dict[str, float], fresh: dict[str, float]) -> dict[str, float]:
     return {a: p / 100 for a, p in zip(accounts, points, strict=True)}
 
 
-def csv_row(item: dict) -> list[str]:
+def csv_row(item: dict, with_side: bool = False) -> list[str]:
     """One input as a CSV row: splits written ACCOUNT=PERCENT;ACCOUNT=PERCENT."""
     if item["type"] == "split":
         splits = ";".join(f"{account}={percent}" for account, percent in item["splits"].items())
-        return ["split", "", "", "", splits]
-    return ["fill", item["ticker"], repr(item["price"]), str(item["quantity"]), ""]
+        row = ["split", "", "", "", splits]
+    else:
+        row = ["fill", item["ticker"], repr(item["price"]), str(item["quantity"]), ""]
+    return [*row, item.get("side", "")] if with_side else row
 
 
 def write(directory: Path) -> None:
-    """Write day.jsonl and day.csv into `directory`."""
-    items = day()
-    with open(directory / "day.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(item) + "\n" for item in items)
-    with open(directory / "day.csv", "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        writer.writerows(csv_row(item) for item in items)
+    """Write day.jsonl and day.csv, and day-sells.jsonl and day-sells.csv, into `directory`."""
+    for name, sells in (("day", False), ("day-sells", True)):
+        items = day(sells)
+        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(item) + "\n" for item in items)
+        with open(directory / f"{name}.csv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(CSV_SELLS_HEADER if sells else CSV_HEADER)
+            writer.writerows(csv_row(item, sells) for item in items)
 
 
 if __name__ == "__main__":

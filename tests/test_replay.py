@@ -216,3 +216,22 @@ def test_the_module_entry_point_reports_bad_input_without_a_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr == f"replay: {path} line 2: expected a JSON object, got list\n"
+
+
+def test_the_example_day_with_sells_is_tracked_closer_by_the_exact_rule():
+    """A third of the fills sell; the exact rule sells from accounts above target, pro-rata
+    by holdings: both keep every account long, the exact rule tracks far closer."""
+    items = read_inputs(EXAMPLE.with_name("day-sells.jsonl"), UNIVERSE)
+    sells = [item for item in items if type(item) is Fill and item.is_sell]
+    assert len(sells) > 100
+    runs = {policy: run_policy(items, policy, BOOK) for policy in (EXACT, PRO_RATA)}
+    for run in runs.values():
+        assert run.fills == 400 and run.pending == 0
+        assert all(n > 0 for held in run.shares().values() for n in held.values())
+    assert runs[EXACT].shares() != runs[PRO_RATA].shares()
+    totals = [
+        {t: sum(h.get(t, 0) for h in run.shares().values()) for t in UNIVERSE}
+        for run in runs.values()
+    ]
+    assert totals[0] == totals[1]  # the same shares were bought and sold under both rules
+    assert runs[EXACT].overall.mean_bps < runs[PRO_RATA].overall.mean_bps / 5

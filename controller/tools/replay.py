@@ -57,7 +57,7 @@ FORMATS = ("table", "json")
 DEFAULT_SOURCES = {FILL: "replay-fills", SPLIT: "replay-splits"}
 FALLBACK_SOURCE = "replay"  # for rows whose type is missing or unknown (rejected anyway)
 CSV_COLUMNS = ("type", "ticker", "price", "quantity", "splits")
-CSV_OPTIONAL_COLUMNS = ("source", "seq")
+CSV_OPTIONAL_COLUMNS = ("source", "seq", "side")
 NUMBER_COLUMNS = ("price", "quantity", "seq")
 CSV_SUFFIXES = (".csv",)
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -160,7 +160,9 @@ def check_csv_header(header: Sequence[str] | None) -> None:
     if unknown or "type" not in header:
         problem = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "no type"
         raise RowError(
-            1, f"{problem}; the header is {','.join(CSV_COLUMNS)} (plus optional source,seq)"
+            1,
+            f"{problem}; the header is {','.join(CSV_COLUMNS)} "
+            f"(plus optional {','.join(CSV_OPTIONAL_COLUMNS)})",
         )
 
 
