@@ -70,6 +70,8 @@ def launcher_flags(tmp_path: Path) -> list[str]:
         "0.02",
         "--journal",
         str(tmp_path / "journal"),
+        "--http",
+        "",  # no web view: tests bind no fixed port
     ]
 
 
