@@ -240,6 +240,12 @@ def test_a_key_cannot_speak_for_another_source_or_kind(ctx, keys, secured):
     ] + [fill_message(aum.source, seq, "AAPL", 10.0, 5) for seq in range(4, 6)]
     forged.append(split_message("trusted", 1, {"EVIL": 100}))  # its own name, wrong kind
 
+    def watcher_joined() -> bool:  # the slow joiner: know it is subscribed before relying
+        secured.publish_snapshot()
+        return any(topic == TOPIC_POSITIONS for topic, _ in collect(watcher, 20))
+
+    wait_for(watcher_joined, 20, "the watcher to receive a snapshot")
+
     def refused_all() -> bool:
         secured.step(10)
         return secured.engine.refused >= len(forged)
