@@ -9,6 +9,7 @@ import pytest
 import zmq
 from helpers import collect, start_controller, wait_for
 
+from common.history import recover
 from common.protocol import (
     PRICE_SCALE,
     TOPIC_ALLOCATION,
@@ -19,7 +20,6 @@ from common.protocol import (
     split_message,
 )
 from controller.allocator import allocate
-from common.history import recover
 
 
 def next_snapshot(sub, after_seq=0, timeout=10.0):
