@@ -14,8 +14,7 @@ from pathlib import Path
 import zmq
 
 from common.protocol import DEFAULT_TICKERS, read_event
-from controller.journal import FILL_RECORD
-from controller.journal import read_records
+from controller.journal import FILL_RECORD, read_records
 from fillsim.market import Market
 
 ROOT = Path(__file__).resolve().parent.parent
