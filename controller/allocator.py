@@ -76,15 +76,18 @@ __all__ = [
 
 _INFINITY = float("inf")
 
+#: What the public functions take for money and weights: used at its exact value.
+Number = int | float | Fraction | Decimal
+
 #: Weights must sum to 1 within this; they are then normalised exactly.
 WEIGHT_SUM_TOLERANCE = 1e-6
 _TOLERANCE_DENOMINATOR = 10**6  # 1 / WEIGHT_SUM_TOLERANCE, for an exact integer test
 
 
 def allocate(
-    values: Mapping[str, float],
-    weights: Mapping[str, float],
-    price: float,
+    values: Mapping[str, Number],
+    weights: Mapping[str, Number],
+    price: Number,
     quantity: int,
 ) -> dict[str, int]:
     """Return the optimal whole-share split of `quantity` shares at `price`.
@@ -114,9 +117,9 @@ def allocate(
 
 
 def allocate_sell(
-    values: Mapping[str, float],
-    weights: Mapping[str, float],
-    price: float,
+    values: Mapping[str, Number],
+    weights: Mapping[str, Number],
+    price: Number,
     quantity: int,
     holdings: Mapping[str, int],
 ) -> dict[str, int]:

@@ -264,7 +264,8 @@ def test_a_missing_journal_is_exit_2_with_a_message(tmp_path, capsys):
 
 def test_a_corrupt_journal_is_exit_2_naming_the_offset(journal, capsys):
     data = bytearray(journal.path.read_bytes())
-    data[records_start(journal.path) + RECORD_HEADER.size + 2] ^= 0xFF  # first record's payload, CRC kept
+    first = records_start(journal.path)
+    data[first + RECORD_HEADER.size + 2] ^= 0xFF  # first record's payload, CRC kept
     journal.path.write_bytes(bytes(data))
     assert audit("--journal", journal.path, "--verify") == 2
     assert f"corrupt record at offset {records_start(journal.path)}" in capsys.readouterr().err

@@ -41,7 +41,14 @@ def apply_split(book: Book, s: Split) -> list[Allocated]:
     return [d for d in decisions if type(d) is Allocated]
 
 
-NO_DELIVERY = {"refused": 0, "duplicates": 0, "gaps": 0, "held": 0, "dropped": 0, "peers_rejected": 0}
+NO_DELIVERY = {
+    "refused": 0,
+    "duplicates": 0,
+    "gaps": 0,
+    "held": 0,
+    "dropped": 0,
+    "peers_rejected": 0,
+}
 
 
 def snapshot_of(book: Book) -> dict:
@@ -281,7 +288,13 @@ def test_snapshot_fields():
         "value": 1140.0,
         "market_value": 1390.0,
     }
-    assert snapshot["counts"] == {"fills": 3, "splits": 1, "rejected": 1, "pending": 0, **NO_DELIVERY}
+    assert snapshot["counts"] == {
+        "fills": 3,
+        "splits": 1,
+        "rejected": 1,
+        "pending": 0,
+        **NO_DELIVERY,
+    }
     assert snapshot["split"] == {"source": "aum-1", "seq": 7}
 
     # A new split moves targets and deviations, not weights or values.
@@ -316,7 +329,13 @@ def test_empty_book_snapshot():
         "value": 0.0,
         "market_value": 0,
     }
-    assert snapshot["counts"] == {"fills": 0, "splits": 0, "rejected": 0, "pending": 0, **NO_DELIVERY}
+    assert snapshot["counts"] == {
+        "fills": 0,
+        "splits": 0,
+        "rejected": 0,
+        "pending": 0,
+        **NO_DELIVERY,
+    }
     assert snapshot["split"] is None
 
 
