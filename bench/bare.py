@@ -1,7 +1,10 @@
 """The bare limit, as a subprocess: a PULL that only decodes (sink) or republishes (forward).
 
-    python bench/bare.py sink --inputs ENDPOINT --count N
-    python bench/bare.py forward --inputs ENDPOINT --publish ENDPOINT
+    python -m bench.bare sink --inputs ENDPOINT --count N
+    python -m bench.bare forward --inputs ENDPOINT --publish ENDPOINT
+
+(bench.common starts it so, as every child, through tests.helpers.python_module;
+`python bench/bare.py ...` works as well.)
 
 Both bind, then print "ready". The sink decodes N messages with msgpack and prints one JSON
 line {"count", "seconds"}: from the first message's arrival to the last one decoded. The

@@ -2,6 +2,15 @@
 (the controller and the bare PULL in bench/bare.py) on ipc:// endpoints, and messages.
 
 Every wait here ends on a message, a poll or a deadline; none is a fixed sleep.
+
+What the project already has is imported, not copied. Splits are aumsim's own
+(aumsim.splits), children start through the tests' `python_module` (tests/helpers.py: from
+the root, unbuffered, the root on PYTHONPATH; tests/ has no __init__, and with the root first
+on sys.path, which bench/_paths.py sees to, `tests.helpers` imports as a namespace package),
+events decode with common.protocol.read_event. Kept here, as the tests have no use for them:
+logs in files rather than reader threads in the measuring process, a SIGTERM stop (a clean
+stop writes the checkpoint), a py-spy wrapper, deadlines that fail early when a child dies,
+and raw frames, so that only the snapshots that matter are decoded.
 """
 
 from __future__ import annotations
@@ -23,23 +32,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgpack
 import zmq
 from rich.console import Console
 from rich.table import Table
 
+from aumsim.splits import account_names, random_split
 from common.protocol import (
     DEFAULT_TICKERS,
-    TOPIC_ACK,
     TOPIC_POSITIONS,
+    ack_topic,
     fill_message,
     pack,
+    read_event,
     split_message,
 )
+from tests.helpers import ROOT, python_module
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 SPLIT_SOURCE = "bench-aum"
@@ -52,8 +63,10 @@ Frames = list[bytes]
 
 
 # -- command line, machine, results, tables ------------------------------------------------
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """The common options; the description is the first paragraph of `description` (a
+    script passes its __doc__, whose usage lines --help shows anyway)."""
+    p = argparse.ArgumentParser(description=(description or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes)")
     p.add_argument("--note", action="append", default=[], help="a remark kept in the result")
     return p
@@ -237,27 +250,34 @@ class Deadline:
 
 
 class Proc:
-    """A subprocess run from the project root; stderr (and stdout unless piped) to a log."""
+    """`python -m module args`, started as the tests start one (tests.helpers.python_module);
+    stderr, and stdout unless piped, go to a log file in `workdir`."""
 
     def __init__(
         self,
-        argv: list[str],
+        module: str,
+        args: Sequence[str],
         workdir: Path,
         name: str,
         pipe_stdout: bool = False,
-        merge_stderr: bool = False,
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """`wrapper` (e.g. py-spy record ... --) runs the same command under that program."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.spawned = time.perf_counter()
-        self.process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdout=subprocess.PIPE if pipe_stdout else self._log,
-            stderr=subprocess.STDOUT if merge_stderr else self._log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        stdout = subprocess.PIPE if pipe_stdout else self._log
+        if wrapper:  # python_module cannot put a program in front: its command, by hand
+            self.process = subprocess.Popen(
+                [*wrapper, sys.executable, "-m", module, *args],
+                cwd=ROOT,
+                stdout=stdout,
+                stderr=self._log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+            )
+        else:
+            self.process = python_module(module, *args, stdout=stdout, stderr=self._log)
 
     @property
     def pid(self) -> int:
@@ -278,6 +298,8 @@ class Proc:
     def read_line(self, deadline: Deadline) -> str:
         """The next line of the child's stdout (started with pipe_stdout)."""
         stream = self.process.stdout
+        if stream is None:
+            raise RuntimeError(f"{self.name} was not started with pipe_stdout")
         while not select.select([stream], [], [], deadline.ms() / 1000)[0]:
             pass
         line = stream.readline().decode()
@@ -311,7 +333,7 @@ class Proc:
         self._log.close()
         return self.process.returncode
 
-    def __enter__(self) -> Proc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -347,11 +369,7 @@ class Controller(Proc):
         self.inputs = endpoint(directory, f"{name}-in")
         self.publish = endpoint(directory, f"{name}-pub")
         self.journal = journal or directory / f"{name}.journal"
-        argv = [
-            *wrapper,
-            sys.executable,
-            "-m",
-            "controller",
+        args = [
             "--inputs",
             self.inputs,
             "--publish",
@@ -365,7 +383,7 @@ class Controller(Proc):
             "--checkpoint-interval",
             str(checkpoint_interval),
         ]
-        super().__init__(argv, directory, name)
+        super().__init__("controller", args, directory, name, wrapper=wrapper)
 
     @property
     def pid(self) -> int:
@@ -389,9 +407,9 @@ class Bare(Proc):
     def __init__(self, directory: Path, mode: str, count: int = 0) -> None:
         self.inputs = endpoint(directory, f"{mode}-in")
         self.publish = endpoint(directory, f"{mode}-pub")
-        argv = [sys.executable, str(BENCH / "bare.py"), mode, "--inputs", self.inputs]
-        argv += ["--publish", self.publish] if mode == "forward" else ["--count", str(count)]
-        super().__init__(argv, directory, mode, pipe_stdout=True)
+        args = [mode, "--inputs", self.inputs]
+        args += ["--publish", self.publish] if mode == "forward" else ["--count", str(count)]
+        super().__init__("bench.bare", args, directory, mode, pipe_stdout=True)
 
     def wait_ready(self, seconds: float = 30.0) -> None:
         line = self.read_line(Deadline(seconds, f"{self.name} to bind", [self]))
@@ -427,7 +445,7 @@ class Client:
     def close(self) -> None:
         self.ctx.destroy(linger=0)
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -447,17 +465,15 @@ def drain(sock: zmq.Socket, timeout_ms: int = 0) -> list[Frames]:
     return batch
 
 
-def decode(frames: Frames) -> dict[str, Any]:
-    return msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
-
-
 def ack_for(source: str, seq: int) -> Callable[[Frames], bool]:
-    """Matches an ack covering `seq` from `source`."""
+    """Matches an ack covering `seq` from `source` (on ack_topic(source); the body's source
+    is checked too, since another source's topic may start with this one's)."""
+    topic = ack_topic(source)
 
     def match(frames: Frames) -> bool:
-        if frames[0] != TOPIC_ACK:
+        if frames[0] != topic:
             return False
-        body = decode(frames)
+        body = read_event(frames)[1]
         return body["source"] == source and body["seq"] >= seq
 
     return match
@@ -512,7 +528,7 @@ def wait_positions(
             observe(batch, arrived)
         snapshots = [frames for frames in batch if frames[0] == TOPIC_POSITIONS]
         if snapshots:
-            snapshot = decode(snapshots[-1])
+            snapshot = read_event(snapshots[-1])[1]
             if snapshot["counts"]["fills"] >= fills:
                 return arrived, snapshot
 
@@ -520,9 +536,10 @@ def wait_positions(
 def connect_with_split(
     client: Client, controller: Controller, accounts: int, *topics: bytes
 ) -> tuple[zmq.Socket, zmq.Socket]:
-    """PUSH + SUB (acks and `topics`) to `controller`, with a split of `accounts` applied."""
+    """PUSH + SUB (the split source's acks and `topics`) to `controller`, with a split of
+    `accounts` (one message, up to 10,000 accounts) applied."""
     push = client.push(controller.inputs)
-    sub = client.sub(controller.publish, TOPIC_ACK, *topics)
+    sub = client.sub(controller.publish, ack_topic(SPLIT_SOURCE), *topics)
     raw = pack(split_message(SPLIT_SOURCE, 1, make_split(accounts)))
     deadline = Deadline(60, f"the controller to ack a {accounts}-account split", [controller])
     send_until(push, sub, raw, ack_for(SPLIT_SOURCE, 1), deadline)
@@ -530,21 +547,10 @@ def connect_with_split(
 
 
 # -- messages ------------------------------------------------------------------------------
-def account_names(count: int) -> list[str]:
-    return [f"acct-{i:05d}" for i in range(count)]
-
-
 def make_split(accounts: int, seed: int = 1) -> dict[str, float]:
-    """Random percents > 0 with two decimals summing to exactly 100 (as aumsim sends)."""
-    if not 1 <= accounts <= 10_000:
-        raise ValueError("1 to 10,000 accounts")
-    rng = random.Random(seed)
-    raw = [rng.random() + 0.5 for _ in range(accounts)]
-    spare = 10_000 - accounts  # basis points beyond the 1 each account gets
-    points = [1 + int(spare * r / sum(raw)) for r in raw]
-    for i in range(10_000 - sum(points)):
-        points[i % accounts] += 1
-    return {name: p / 100 for name, p in zip(account_names(accounts), points, strict=True)}
+    """A split as aumsim sends one (its own generator): `accounts` accounts ACC-..., percents
+    > 0 with two decimals summing to exactly 100; the same for the same seed."""
+    return random_split(random.Random(seed), account_names(accounts))
 
 
 def fill_fields(count: int, seed: int = 7) -> Iterator[tuple[str, int, int]]:

@@ -10,7 +10,7 @@ sender) and subscribes (a second thread); send times are kept by seq.
 
 from __future__ import annotations
 
-import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.path)
+import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root on sys.path)
 
 # isort: split
 import contextlib
@@ -30,7 +30,6 @@ from bench.common import (
     Run,
     connect_with_split,
     console,
-    decode,
     fill_raws,
     parser,
     percentiles,
@@ -39,7 +38,7 @@ from bench.common import (
     send_until,
     workdir,
 )
-from common.protocol import TOPIC_ALLOCATION, fill_message, pack
+from common.protocol import TOPIC_ALLOCATION, fill_message, pack, read_event
 
 POINTS = (50, 90, 99, 99.9, 100)
 LABELS = ("p50", "p90", "p99", "p99.9", "max")
@@ -76,7 +75,7 @@ def paced_run(
                     arrived = now()
                     if frames[0] != TOPIC_ALLOCATION:
                         continue
-                    body = decode(frames)
+                    body = read_event(frames)[1]
                     if body["source"] == source:
                         got[body["seq"] - 1] = arrived
                         received += 1
@@ -116,7 +115,7 @@ def paced_run(
 
 
 def main() -> int:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--rates", type=int, nargs="+", default=[1_000, 10_000])
     p.add_argument("--duration", type=float, help="seconds of traffic per rate (5; quick 1)")
     p.add_argument("--warmup", type=float, default=0.2, help="seconds of traffic not counted")

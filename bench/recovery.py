@@ -4,24 +4,26 @@ answers); and its RSS before and after 1,000,000 more fills.
 
     python bench/recovery.py [--quick] [--fills N] [--tail N] [--accounts K]
 
-The journal is written with JournalWriter (fsync by interval, to write it quickly): one
-split, then fills seq 1..N from one source, as controller.engine.to_record makes them. The
-checkpoint is write_checkpoint of the state `recover()` reaches on the first N - tail fills.
+The journal is written with JournalWriter (fsync by interval, to write it quickly): its
+header, one split, then fills seq 1..N from one source, as the engine journals them
+(controller.journal.encode_input). The checkpoint is the engine's state (Engine.state) of
+what `recover()` (common.history) rebuilds from the first N - tail fills, written with
+write_checkpoint for that journal's identity at the offset those fills end.
 """
 
 from __future__ import annotations
 
-import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.path)
+import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root on sys.path)
 
 # isort: split
 import re
 import statistics
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from bench.common import (
     FILL_SOURCE,
@@ -44,22 +46,32 @@ from bench.common import (
     wait_positions,
     workdir,
 )
+from common.history import Recovered, recover
 from common.protocol import (
     DEFAULT_TICKERS,
-    TOPIC_ACK,
     TOPIC_POSITIONS,
     Fill,
     Split,
+    ack_topic,
     build_split,
     fill_message,
     pack,
 )
-from controller.engine import recover, to_record
-from controller.journal import JournalWriter, write_checkpoint
+from controller.engine import Engine
+from controller.journal import (
+    JournalWriter,
+    encode_input,
+    read_header,
+    records_start,
+    write_checkpoint,
+)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 COMMIT_EVERY = 10_000
 RSS_SOURCE = "bench-rss"
-RECOVERED_LOG = re.compile(r"recovered (\d+) journal records in ([0-9.]+) s")
+# the controller's start-up line: "recovered PATH in S s: N fills allocated, ..."
+RECOVERED_LOG = re.compile(r"recovered .* in ([0-9.]+) s: (\d+) fills allocated")
 
 
 def append_fills(
@@ -68,18 +80,22 @@ def append_fills(
     """Append (split and) fills to the journal at `path`; returns its size afterwards."""
     writer = JournalWriter(path, "interval", fsync_interval=1.0)
     if split is not None:
-        writer.append(to_record(split))
+        writer.append(encode_input(split))
     for seq, (ticker, cents, quantity) in fills:
-        writer.append(to_record(Fill(FILL_SOURCE, seq, ticker, cents * 10_000, quantity)))
+        writer.append(encode_input(Fill(FILL_SOURCE, seq, ticker, cents * 10_000, quantity)))
         if seq % COMMIT_EVERY == 0:
             writer.commit()
     writer.close()
     return path.stat().st_size
 
 
-def timed(call, *args):
+def same_state(a: Recovered, b: Recovered) -> bool:
+    return a.book == b.book and a.last_seq == b.last_seq and a.end == b.end
+
+
+def timed(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[float, R]:
     started = time.perf_counter()
-    result = call(*args)
+    result = call(*args, **kwargs)
     return time.perf_counter() - started, result
 
 
@@ -103,7 +119,7 @@ def restart(directory: Path, journal: Path, snapshot_interval: float, seq: int) 
         Client() as client,
     ):
         push = client.push(controller.inputs)
-        sub = client.sub(controller.publish, TOPIC_ACK, TOPIC_POSITIONS)
+        sub = client.sub(controller.publish, ack_topic(FILL_SOURCE), TOPIC_POSITIONS)
         deadline = Deadline(600, "the restarted controller to answer", [controller])
         answered = send_until(
             push, sub, probe(seq), ack_for(FILL_SOURCE, seq), deadline, 5, observe
@@ -113,11 +129,13 @@ def restart(directory: Path, journal: Path, snapshot_interval: float, seq: int) 
             wait_positions(sub, 0, deadline, observe)
         spawned = controller.spawned
     found = RECOVERED_LOG.search(controller.log_text())
+    if found is None:
+        raise RuntimeError(f"no recovery line in the controller's log {controller.log_path}")
     return {
         "answer_s": answered - spawned,
         "first_snapshot_s": first_snapshot[0] - spawned,
-        "recovery_logged_s": float(found.group(2)) if found else None,
-        "records_replayed": int(found.group(1)) if found else None,
+        "recovery_logged_s": float(found.group(1)),
+        "fills_recovered": int(found.group(2)),
         "rss_kb": rss,
         "vmhwm_kb": hwm,
     }
@@ -138,7 +156,7 @@ def rss_run(
         Client() as client,
     ):
         push = client.push(controller.inputs)
-        sub = client.sub(controller.publish, TOPIC_ACK, TOPIC_POSITIONS)
+        sub = client.sub(controller.publish, ack_topic(FILL_SOURCE), TOPIC_POSITIONS)
         deadline = Deadline(600, "the controller to answer", [controller])
         send_until(push, sub, probe(fills_before), ack_for(FILL_SOURCE, fills_before), deadline)
         samples = [(0, controller.status_kb("VmRSS"))]
@@ -167,7 +185,7 @@ def rss_run(
 
 
 def main() -> int:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--fills", type=int, help="fills in the journal (1,000,000; quick 50,000)")
     p.add_argument("--tail", type=int, help="fills after the checkpoint (10,000; quick 1,000)")
     p.add_argument("--accounts", type=int, default=10)
@@ -196,9 +214,15 @@ def main() -> int:
 
         seconds, offset = timed(append_fills, journal, islice(fields, head), split)
         rows.append([f"write journal: split + {head:,} fills", seconds, ""])
-        seconds, (engine, replayed) = timed(recover, journal, None, tickers)
-        rows.append([f"recover() {replayed:,} records (to build the checkpoint)", seconds, ""])
-        seconds, _ = timed(write_checkpoint, checkpoint, offset, engine.state())
+        seconds, head_state = timed(recover, journal, None, tickers)
+        rows.append(
+            [f"recover() {head_state.replayed:,} records (to build the checkpoint)", seconds, ""]
+        )
+        header = read_header(journal)
+        if header is None or head_state.end != offset:
+            raise RuntimeError(f"recovered up to {head_state.end}, the journal ends at {offset}")
+        state = Engine.from_recovered(head_state).state()  # what the controller saves
+        seconds, _ = timed(write_checkpoint, checkpoint, header.journal_id, offset, state)
         rows.append([f"write_checkpoint at offset {offset:,}", seconds, ""])
         seconds, size = timed(append_fills, journal, fields)
         rows.append([f"write journal: {args.tail:,} more fills", seconds, ""])
@@ -207,7 +231,12 @@ def main() -> int:
             f"journal {size / 1e6:.1f} MB, checkpoint {len(saved_checkpoint) / 1e3:.1f} kB"
         )
 
-        full_s, (full, replayed_full) = timed(recover, journal, None, tickers)
+        first = records_start(journal)
+        console.print(
+            f"journal records from offset {first}: {(size - first) / (args.fills + 1):.1f} B each"
+        )
+        full_s, full = timed(recover, journal, None, tickers)
+        replayed_full = full.replayed
         if full.book.fills_allocated != args.fills or replayed_full != args.fills + 1:
             raise RuntimeError(f"replayed {replayed_full}, {full.book.fills_allocated} fills")
         rows.append(
@@ -219,9 +248,10 @@ def main() -> int:
         )
         with_checkpoint = []
         for _ in range(args.repeat):
-            seconds, (engine, replayed) = timed(recover, journal, checkpoint, tickers)
+            seconds, tail = timed(recover, journal, checkpoint, tickers)
             with_checkpoint.append(seconds)
-            if engine.book != full.book or engine.sequencer.last_seq != full.sequencer.last_seq:
+            replayed = tail.replayed
+            if replayed != args.tail or not same_state(tail, full):
                 raise RuntimeError("recovery from the checkpoint differs from the full replay")
         rows.append(
             [
@@ -235,6 +265,7 @@ def main() -> int:
             ["  for scale: reading the whole journal (recovery reads the tail)", read_s, ""]
         )
         results["journal_bytes"] = size
+        results["journal_records_start"] = first  # the header's size
         results["checkpoint_bytes"] = len(saved_checkpoint)
         results["recover_without_checkpoint_s"] = full_s
         results["recover_with_checkpoint_s"] = with_checkpoint
@@ -259,7 +290,8 @@ def main() -> int:
                 f"controller restart with checkpoint: spawn -> ack (best of {args.restarts})",
                 best["answer_s"],
                 f"median {statistics.median(answers):.3f} s; logged recovery "
-                f"{best['recovery_logged_s']:.3f} s for {best['records_replayed']:,} records",
+                f"{best['recovery_logged_s']:.3f} s ({best['fills_recovered']:,} fills, "
+                f"{replayed:,} records after the checkpoint)",
             ]
         )
         rows.append(

@@ -8,7 +8,7 @@ same pre-packed fills, for 10, 100 and 1,000 accounts; then where the controller
 
 from __future__ import annotations
 
-import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.path)
+import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root on sys.path)
 
 # isort: split
 import cProfile
@@ -35,7 +35,6 @@ from bench.common import (
     Run,
     connect_with_split,
     console,
-    decode,
     drain,
     fill_fields,
     fill_raws,
@@ -46,7 +45,15 @@ from bench.common import (
     wait_positions,
     workdir,
 )
-from common.protocol import DEFAULT_TICKERS, TOPIC_ACK, TOPIC_POSITIONS, pack, split_message
+from common.protocol import (
+    DEFAULT_TICKERS,
+    TOPIC_POSITIONS,
+    ack_topic,
+    pack,
+    read_event,
+    split_message,
+)
+from controller.book import Book
 from controller.engine import Engine
 from controller.journal import JournalWriter
 from controller.service import BATCH_MAX
@@ -88,6 +95,8 @@ class Progress:
     """Watches the controller's events during a run: the ack of the last fill, and the
     fill acks: one per drained batch (one journal commit and fsync) plus one per snapshot."""
 
+    topic = ack_topic(FILL_SOURCE)
+
     def __init__(self, fills: int) -> None:
         self.fills = fills
         self.ack_time: float | None = None
@@ -98,8 +107,8 @@ class Progress:
         for frames in batch:
             if frames[0] == TOPIC_POSITIONS:
                 self.snapshots += 1
-            elif frames[0] == TOPIC_ACK:
-                body = decode(frames)
+            elif frames[0] == self.topic:
+                body = read_event(frames)[1]
                 if body["source"] == FILL_SOURCE:
                     self.fill_acks += 1
                     if self.ack_time is None and body["seq"] >= self.fills:
@@ -120,12 +129,16 @@ def measure_controller(
         Controller(directory, snapshot_interval, wrapper=wrapper or ()) as controller,
         Client() as client,
     ):
-        push, sub = connect_with_split(client, controller, accounts, TOPIC_POSITIONS)
+        push, sub = connect_with_split(
+            client, controller, accounts, Progress.topic, TOPIC_POSITIONS
+        )
         rss_before = controller.status_kb("VmRSS")
         progress = Progress(n)
         started = send_all(push, raws, sub, progress)
         sent = time.perf_counter() - started
-        deadline = Deadline(120 + n / 100, f"a snapshot with {n:,} fills", [controller])
+        # a fill costs about accounts / 100 ms on a slow machine (1 s at 10,000 accounts)
+        seconds = 120 + n * max(1, accounts / 100) / 100
+        deadline = Deadline(seconds, f"a snapshot with {n:,} fills", [controller])
         done, snapshot = wait_positions(sub, n, deadline, progress)
         rss_after = controller.status_kb("VmRSS")
         hwm = controller.status_kb("VmHWM")
@@ -200,7 +213,8 @@ def pyspy_profile(
 def cprofile_profile(raws: list[bytes], accounts: int) -> dict[str, Any]:
     """Fallback: cProfile on an in-process Engine (journal, fsync always, BATCH_MAX batches)."""
     with workdir() as directory:
-        engine = Engine(DEFAULT_TICKERS, journal=JournalWriter(directory / "j", "always"))
+        journal = JournalWriter(directory / "j", "always")
+        engine = Engine(Book(DEFAULT_TICKERS), journal)
         engine.receive(pack(split_message(SPLIT_SOURCE, 1, make_split(accounts))))
         engine.commit()
         profiler = cProfile.Profile()
@@ -210,7 +224,7 @@ def cprofile_profile(raws: list[bytes], accounts: int) -> dict[str, Any]:
                 engine.receive(raw)
             engine.commit()
         profiler.disable()
-        engine.journal.close()
+        journal.close()
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     total = sum(row[2] for row in stats.values())
     ranked = sorted(stats.items(), key=lambda item: -item[1][2])[:TOP]
@@ -227,7 +241,7 @@ def cprofile_profile(raws: list[bytes], accounts: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--fills", type=int, help="fills per run (default 200,000; quick 5,000)")
     p.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--snapshot-interval", type=float, default=0.2)
