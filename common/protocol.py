@@ -18,6 +18,7 @@ The typed shapes, in the order a message meets them:
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -55,10 +56,11 @@ PERCENT_SCALE = 10**PERCENT_DECIMALS
 #: header: a journal replays to the same book only under the rules that wrote it. Bump it
 #: whenever any of these changes (docs/architecture.md keeps the history):
 #: prices are decimals of at most PRICE_DECIMALS places kept as integer micro-units; split
-#: percents mean their decimals (33.33 is 3333/100) and are normalised exactly; the
-#: allocation rule is the exact optimum of controller/allocator.py, ties by account name;
-#: a fill is a buy unless its side says "sell", and a sell never takes an account short.
-RULES_VERSION = 3
+#: percents mean their decimals (33.33 is 3333/100), each on its own, and are normalised
+#: exactly; the allocation rule is the exact optimum of controller/allocator.py, ties by
+#: account name; a fill is a buy unless its side says "sell", and a sell never takes an
+#: account short.
+RULES_VERSION = 4
 
 
 class Invalid(ValueError):
@@ -352,7 +354,12 @@ def decode_input(raw: bytes, tickers: frozenset[str] | set[str]) -> Input | Unre
 
 
 def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
-    """Decode and validate one input message; raise Invalid with a specific reason."""
+    """Decode and validate one input message; raise Invalid with a specific reason.
+
+    Map keys sent as msgpack bin (UTF-8) are read as text too, but only on the slow path: a
+    message that fails with str keys is read again with its bin keys decoded (a str key of
+    the same name wins), so a well-formed message costs nothing extra.
+    """
     # An oversize message is still read for its source and seq, so that its seq is consumed.
     if len(raw) > MAX_SPLIT_MESSAGE_BYTES:  # too big for anything: not even decoded
         raise Invalid(_size_reason(raw, MAX_SPLIT_MESSAGE_BYTES))
@@ -360,12 +367,27 @@ def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
     try:
         body = msgpack.unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        reason = f"not valid msgpack ({type(exc).__name__}: {exc})"
+        reason = _decode_reason(exc) if raw else "not valid msgpack: the message is empty"
         raise Invalid(_size_reason(raw) if oversize else reason) from None
     if not isinstance(body, dict):
-        reason = f"message must be a msgpack map, got {type(body).__name__}"
+        reason = f"message must be a msgpack map, got {_shown(body)}"
         raise Invalid(_size_reason(raw) if oversize else reason)
-    oversize = len(raw) > size_limit(body.get("type"))
+    try:
+        return _validate_map(body, raw, tickers)
+    except Invalid:
+        texts = _text_keys(body)
+        if texts is None:
+            raise
+    return _validate_map(texts, raw, tickers)
+
+
+def _validate_map(body: dict, raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
+    """Validate a decoded map: identity first (so that a rejection can name it), then size,
+    then the fields of its type."""
+    kind = body.get("type")
+    if type(kind) is bytes:  # a bin type: read as text (the slow path only)
+        kind = _text(kind) or kind
+    oversize = len(raw) > size_limit(kind)
     try:
         source, seq = _read_identity(body)
     except RecursionError:
@@ -375,21 +397,111 @@ def validate(raw: bytes, tickers: frozenset[str] | set[str]) -> Fill | Split:
             raise Invalid(_size_reason(raw), rejection.source) from None
         raise
     if oversize:
-        raise Invalid(_size_reason(raw, size_limit(body.get("type"))), source, seq)
+        raise Invalid(_size_reason(raw, size_limit(kind)), source, seq)
     try:
-        kind = body.get("type")
         if kind == FILL:
             return _fill(body, source, seq, tickers)
         if kind == SPLIT:
             return _split(body, source, seq)
-        if kind is None:
+        if "type" not in body:
             raise Invalid("missing field 'type'")
-        raise Invalid(f"unknown message type {kind!r} (expected 'fill' or 'split')")
+        if type(kind) is str:
+            raise Invalid(f"unknown message type {kind!r} (expected 'fill' or 'split')")
+        raise Invalid(f"type must be the string 'fill' or 'split', got {_shown(kind)}")
     except RecursionError:
         raise Invalid(_NESTED, source, seq) from None
     except Invalid as rejection:
-        rejection.source, rejection.seq, rejection.kind = source, seq, body.get("type")
+        rejection.source, rejection.seq, rejection.kind = source, seq, kind
         raise
+
+
+def _text_keys(body: dict) -> dict | None:
+    """`body` with its bin keys read as UTF-8 text, or None if it has none. A str key wins
+    over a bin key of the same text (the bin one is then an ignored extra field), and a bin
+    key that is not UTF-8 stays as it is (an extra field too)."""
+    if not any(type(key) is bytes for key in body):
+        return None
+    texts = {key: value for key, value in body.items() if type(key) is str}
+    for key, value in body.items():
+        name = _text(key) if type(key) is bytes else None
+        if name is not None and name not in texts:
+            texts[name] = value
+    return texts
+
+
+def _text(value: Any) -> str | None:
+    """A str as it is, a bin value as its UTF-8 text; None for anything else."""
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def _shown(value: Any) -> str:
+    """A value from the wire in a reason: text quoted (as data, escaped), anything else named
+    by its msgpack type, never as a Python repr such as `NoneType None` or `b'...'`."""
+    if value is None:
+        return "nil"
+    if value is True or value is False:
+        return "true" if value else "false"
+    kind = type(value)
+    if kind is str:
+        return repr(value) if value else "an empty string"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return f"the float {value!r}"
+    if kind is bytes:
+        text = _text(value)
+        if text is None:
+            return f"bin data that is not UTF-8 text ({_plural(len(value), 'byte')})"
+        return f"the bin string {text!r}" if text else "an empty string"
+    if kind is list:
+        return f"an array of {_plural(len(value), 'item')}"
+    if kind is dict:
+        return f"a map of {_plural(len(value), 'entry').replace('entrys', 'entries')}"
+    return "a msgpack extension value"
+
+
+#: What msgpack's refusal to use a key type names, in msgpack's own words.
+_KEY_KINDS = {
+    "int": "an integer",
+    "float": "a float",
+    "NoneType": "nil",
+    "bool": "a boolean",
+    "list": "an array",
+    "tuple": "an array",
+    "dict": "a map",
+    "ExtType": "an extension value",
+    "Timestamp": "an extension value",
+}
+
+
+def _decode_reason(exc: Exception) -> str:
+    """Why bytes are not one msgpack map, as a sentence (msgpack's exceptions are terse)."""
+    if isinstance(exc, msgpack.StackError | RecursionError):
+        return _NESTED
+    if isinstance(exc, msgpack.ExtraData):
+        return "not valid msgpack: there are bytes after the first object (one map per message)"
+    if isinstance(exc, msgpack.FormatError):
+        return "not valid msgpack: it uses a reserved type byte (0xc1)"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid msgpack: a str holds bytes that are not UTF-8 text"
+    text = str(exc)
+    if "is not allowed for map key" in text:
+        found = _KEY_KINDS.get(text.split(" ", 1)[0], "a value that is not a string")
+        return f"not valid msgpack: map keys must be strings (str or bin), one is {found}"
+    if "incomplete input" in text:
+        return "not valid msgpack: the message ends in the middle of an object"
+    return "not valid msgpack: it cannot be decoded"
 
 
 def percent_value(percent: int | float) -> Fraction:
@@ -403,8 +515,9 @@ def percent_value(percent: int | float) -> Fraction:
 def _exact_percents(percents: list[int | float]) -> tuple[list[int], int]:
     """Percentages as integer numerators over one denominator, without rounding anything.
 
-    A percent written with at most PERCENT_DECIMALS decimals means that decimal (23.34 is
-    2334/100, not the binary float nearest to it); otherwise its exact binary value is used.
+    Each percent means what `percent_value` says, on its own: its decimal when it has at
+    most PERCENT_DECIMALS places (23.34 is 2334/100), else its exact binary value. (Before
+    rules version 4, one percent with more places made every percent binary.)
     """
     units = []
     for percent in percents:
@@ -415,11 +528,11 @@ def _exact_percents(percents: list[int | float]) -> tuple[list[int], int]:
         if scaled / PERCENT_SCALE != percent:
             break
         units.append(scaled)
-    else:
+    else:  # the common case: every percent has at most PERCENT_DECIMALS places
         return units, PERCENT_SCALE
-    ratios = [p.as_integer_ratio() for p in percents]
-    denominator = math.lcm(*(d for _, d in ratios))
-    return [n * (denominator // d) for n, d in ratios], denominator
+    values = [percent_value(percent) for percent in percents]
+    denominator = math.lcm(*(value.denominator for value in values))
+    return [value.numerator * (denominator // value.denominator) for value in values], denominator
 
 
 _NESTED = "message is nested too deeply to read"
@@ -436,20 +549,23 @@ def _size_reason(raw: bytes, limit: int = MAX_MESSAGE_BYTES) -> str:
 
 def _read_identity(body: dict) -> tuple[str, int]:
     source = body.get("source")
-    seq = body.get("seq")
-    if source is None:
-        raise Invalid("missing field 'source'")
+    if type(source) is not str:  # the slow path: missing, nil, bin or not text at all
+        if "source" not in body:
+            raise Invalid("missing field 'source'")
+        source = _text(source) or source
     _check_name("source", source)
-    if seq is None:
-        raise Invalid("missing field 'seq'", source)
+    seq = body.get("seq")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
-        raise Invalid(f"seq must be an integer from 1 to {MAX_SEQ}, got {seq!r}", source)
+        if "seq" not in body:
+            raise Invalid("missing field 'seq'", source)
+        shown = seq if type(seq) is int else _shown(seq)
+        raise Invalid(f"seq must be an integer from 1 to {MAX_SEQ}, got {shown}", source)
     return source, seq
 
 
 def _check_name(what: str, name: Any) -> None:
-    if not isinstance(name, str) or not name:
-        raise Invalid(f"{what} must be a non-empty string, got {name!r}")
+    if type(name) is not str or not name:
+        raise Invalid(f"{what} must be a non-empty string, got {_shown(name)}")
     if len(name) > MAX_NAME_LENGTH:
         raise Invalid(f"{what} is {len(name)} characters, over the {MAX_NAME_LENGTH} limit")
 
@@ -466,11 +582,33 @@ def _fill(body: dict, source: str, seq: int, tickers: frozenset[str] | set[str])
     price = _require(body, "price")
     quantity = _require(body, "quantity")
     if type(ticker) is not str or ticker not in tickers:
-        raise Invalid(f"unknown ticker {ticker!r} (not in the universe of {len(tickers)})")
+        ticker = _ticker(ticker, tickers)
     side = body.get("side", BUY)
-    if side is not BUY and side not in SIDES:  # `is` first: the common case costs nothing
-        raise Invalid(f"side must be 'buy' or 'sell', got {side!r}")
+    if side is BUY:  # absent (the default object itself): a bin "side" key is read too
+        if b"side" in body:
+            side = _side(body[b"side"])
+    elif side not in SIDES:
+        side = _side(side)
     return Fill(source, seq, ticker, price_units(price), _quantity(quantity), side)
+
+
+def _ticker(ticker: Any, tickers: frozenset[str] | set[str]) -> str:
+    """The slow path of the ticker check: a bin ticker read as text, else the reason."""
+    text = _text(ticker)
+    if text is None:
+        raise Invalid(f"ticker must be a string, got {_shown(ticker)}")
+    if text not in tickers:
+        raise Invalid(f"unknown ticker {text!r} (not in the universe of {len(tickers)})")
+    return text
+
+
+def _side(side: Any) -> str:
+    """The slow path of the side check: a bin side read as text, else the reason."""
+    text = _text(side)
+    for known in SIDES:
+        if text == known:
+            return known
+    raise Invalid(f"side must be 'buy' or 'sell', got {_shown(side)}")
 
 
 def price_units(price: Any) -> int:
@@ -487,9 +625,9 @@ def price_units(price: Any) -> int:
             raise Invalid(f"price {price!r} is over the {MAX_PRICE:,} limit per share")
         units = round(price * PRICE_SCALE)
         if units / PRICE_SCALE != price:
-            raise Invalid(f"price {price!r} has more than {PRICE_DECIMALS} decimal places")
+            raise Invalid(_decimals_reason(price))
     else:
-        raise Invalid(f"price must be a number, got {type(price).__name__} {price!r}")
+        raise Invalid(f"price must be a number, got {_shown(price)}")
     if units <= 0:
         raise Invalid(f"price must be > 0, got {price!r}")
     if units > MAX_PRICE * PRICE_SCALE:
@@ -497,9 +635,23 @@ def price_units(price: Any) -> int:
     return units
 
 
+def _decimals_reason(price: float) -> str:
+    """Why a float price is refused, naming the usual cause: a 32-bit float (10.01 as a
+    float32 is 10.0100002288818359375), which the protocol never rounds for the sender."""
+    reason = f"price {price!r} has more than {PRICE_DECIMALS} decimal places"
+    as_float32 = struct.pack(">f", price)
+    if struct.unpack(">f", as_float32)[0] != price:
+        return reason
+    for places in range(PRICE_DECIMALS + 1):
+        decimal = f"{price:.{places}f}"
+        if struct.pack(">f", float(decimal)) == as_float32:
+            return f"{reason}: it is the 32-bit float nearest {decimal}; send prices as 64-bit floats"
+    return reason
+
+
 def _quantity(quantity: Any) -> int:
     if type(quantity) is not int:
-        raise Invalid(f"quantity must be a whole number (int), got {quantity!r}")
+        quantity = _whole(quantity)
     if quantity <= 0:
         raise Invalid(f"quantity must be > 0, got {quantity}")
     if quantity > MAX_QUANTITY:
@@ -507,22 +659,48 @@ def _quantity(quantity: Any) -> int:
     return quantity
 
 
+def _whole(quantity: Any) -> int:
+    """The slow path of the quantity check: a float with a whole value (100.0) is that many
+    shares (every whole number up to MAX_QUANTITY is exact in a float); nothing else is."""
+    if type(quantity) is float and math.isfinite(quantity) and quantity.is_integer():
+        return int(quantity)
+    raise Invalid(f"quantity must be a whole number of shares, got {_shown(quantity)}")
+
+
 def _split(body: dict, source: str, seq: int) -> Split:
     return build_split(source, seq, _require(body, "splits"))
+
+
+def _text_accounts(splits: dict) -> dict:
+    """The split's map with bin account names read as UTF-8 text; a name sent twice (as a
+    str and as a bin, or as two bins) is refused rather than one of them silently kept."""
+    texts: dict[Any, Any] = {}
+    for account, percent in splits.items():
+        name = _text(account) if type(account) is bytes else account
+        if name is None:
+            name = account  # not UTF-8: refused with its description below
+        elif name in texts:
+            raise Invalid(f"account {name!r} appears twice in splits")
+        texts[name] = percent
+    return texts
 
 
 def build_split(source: str, seq: int, splits: Any) -> Split:
     """Validate a map of account -> percent into an exactly normalised Split."""
     if not isinstance(splits, dict):
-        raise Invalid(f"splits must be a map of account to percent, got {type(splits).__name__}")
+        raise Invalid(f"splits must be a map of account to percent, got {_shown(splits)}")
     if not splits:
         raise Invalid("splits is empty: at least one account is needed")
     if len(splits) > MAX_ACCOUNTS:
         raise Invalid(f"splits has {len(splits)} accounts, over the {MAX_ACCOUNTS} limit")
+    if any(type(account) is bytes for account in splits):
+        splits = _text_accounts(splits)
     for account, percent in splits.items():
         _check_name("account name", account)
         if type(percent) not in (int, float):
-            raise Invalid(f"percent for account {account!r} must be a number, got {percent!r}")
+            raise Invalid(
+                f"percent for account {account!r} must be a number, got {_shown(percent)}"
+            )
         if not math.isfinite(percent):
             raise Invalid(f"percent for account {account!r} must be finite, got {percent!r}")
         if percent < 0:
