@@ -166,7 +166,7 @@ SPLIT_LINE = '{"type": "split", "splits": {"a": 60, "b": 40}}'
         (
             "bad.csv",
             "type,ticker,price,quantity,splits\nsplit,,,,a=60;b=40\nfill,AAPL,abc,10,\n",
-            "line 3: price must be a number, got str 'abc'",
+            "line 3: price must be a number, got 'abc'",
         ),
         (
             "bad.csv",

@@ -93,7 +93,9 @@ def test_side_is_buy_by_default_sell_when_said_and_nothing_else():
     assert validate(pack(base), set(TICKERS)).side == BUY
     assert validate(pack({**base, "side": "sell"}), set(TICKERS)).side == SELL
     assert validate(pack({**base, "side": "buy"}), set(TICKERS)).side == BUY
-    for bad in ("SELL", "short", "", 1, None, b"sell"):
+    # A bin "sell" is text too (docs/protocol.md, encodings); bin that is not UTF-8 is not.
+    assert validate(pack({**base, "side": b"sell"}), set(TICKERS)).side == SELL
+    for bad in ("SELL", "short", "", 1, None, b"\xff"):
         with pytest.raises(Invalid, match="side must be 'buy' or 'sell'"):
             validate(pack({**base, "side": bad}), set(TICKERS))
 
