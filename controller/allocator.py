@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from numbers import Rational
@@ -97,22 +98,11 @@ def allocate(
     int, float, Fraction or Decimal and are used at their exact value. The result has every
     account of `values` or `weights`, zeros included. Raises ValueError on bad arguments.
     """
-    _check_quantity(quantity)
-    price_ratio = _exact_ratio("price", price)
-    if price_ratio[0] <= 0:
-        raise ValueError(f"price must be > 0, got {price!r}")
-    value_ratios = _ratios("value", values)
-    weight_ratios = _ratios("weight", weights)
-
-    accounts = sorted(values.keys() | weights.keys())
-    zero = (0, 1)
-    money, _ = _over_common_denominator(
-        [value_ratios.get(a, zero) for a in accounts] + [price_ratio]
+    problem = _exact_problem(values, weights, price, quantity, signed=False)
+    accounts = problem.accounts
+    shares = allocate_integral(
+        accounts, problem.values, problem.weights, problem.price, quantity, problem.ranks
     )
-    weight_nums = _integer_weights(weight_ratios, accounts)
-
-    ranks = list(range(len(accounts)))  # `accounts` is already sorted by name
-    shares = allocate_integral(accounts, money[:-1], weight_nums, money[-1], quantity, ranks)
     return dict(zip(accounts, shares, strict=True))
 
 
@@ -131,30 +121,61 @@ def allocate_sell(
     has every account of `values`, `weights` or `holdings`, zeros included. Raises
     ValueError on bad arguments, including a sell of more shares than are held in total.
     """
+    held = _holdings(holdings)
+    problem = _exact_problem(values, weights, price, quantity, signed=True, also=held.keys())
+    accounts = problem.accounts
+    held_list = [held.get(a, 0) for a in accounts]
+    total = sum(held_list)
+    if quantity > total:
+        raise ValueError(f"quantity must be <= the {total} shares held, got {quantity!r}")
+    shares = allocate_sell_integral(
+        accounts,
+        problem.values,
+        problem.weights,
+        problem.price,
+        quantity,
+        held_list,
+        problem.ranks,
+    )
+    return dict(zip(accounts, shares, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _ExactProblem:
+    """The public API's arguments on integers: accounts by name, values and price over one
+    common denominator, weights over another, and the ranks (name order)."""
+
+    accounts: list[str]
+    values: list[int]
+    weights: list[int]
+    price: int
+    ranks: list[int]
+
+
+def _exact_problem(
+    values: Mapping[str, Number],
+    weights: Mapping[str, Number],
+    price: Number,
+    quantity: int,
+    signed: bool,
+    also: Iterable[str] = (),
+) -> _ExactProblem:
+    """Check and convert the public arguments exactly; ValueError naming the culprit.
+    `signed` lets values be negative (sells); `also` names more accounts (holders)."""
     _check_quantity(quantity)
     price_ratio = _exact_ratio("price", price)
     if price_ratio[0] <= 0:
         raise ValueError(f"price must be > 0, got {price!r}")
-    value_ratios = _signed_ratios("value", values)
+    value_ratios = _signed_ratios("value", values) if signed else _ratios("value", values)
     weight_ratios = _ratios("weight", weights)
-    held = _holdings(holdings)
-
-    accounts = sorted(values.keys() | weights.keys() | held.keys())
+    accounts = sorted(values.keys() | weights.keys() | set(also))
     zero = (0, 1)
     money, _ = _over_common_denominator(
         [value_ratios.get(a, zero) for a in accounts] + [price_ratio]
     )
     weight_nums = _integer_weights(weight_ratios, accounts)
-    held_list = [held.get(a, 0) for a in accounts]
-    total = sum(held_list)
-    if quantity > total:
-        raise ValueError(f"quantity must be <= the {total} shares held, got {quantity!r}")
-
     ranks = list(range(len(accounts)))  # `accounts` is already sorted by name
-    shares = allocate_sell_integral(
-        accounts, money[:-1], weight_nums, money[-1], quantity, held_list, ranks
-    )
-    return dict(zip(accounts, shares, strict=True))
+    return _ExactProblem(accounts, money[:-1], weight_nums, money[-1], ranks)
 
 
 def allocate_integral(
@@ -249,25 +270,27 @@ def allocate_sell_integral(
     need = two_h * quantity
     shares = [0] * count
     keys = []  # largest fractional part first, then name order: one int per account
+    inside = members  # the accounts with a key
     placed = 0
     # Usually every holder sells some and none all: no bound binds and no sort is needed.
     # L = base / active; account i sells (base - active * alpha_i) / (2h * active).
     active, prefix = len(alphas), sum(alphas)
     base = need + prefix
-    if active * max(alphas) <= base:
+    binds = active * max(alphas) > base  # some account would sell less than nothing
+    if not binds:
         denominator = two_h * active
         for i, alpha, most in zip(members, alphas, held, strict=True):
             whole, remainder = divmod(base - active * alpha, denominator)
             if whole >= most:
-                break  # a holding binds after all: start again below
+                binds = True  # or all it holds, or more
+                break
             shares[i] = whole
             placed += whole
             keys.append(ranks[i] - remainder * count)
-        else:
-            active = 0
-    if active:
+    if binds:
         shares = [0] * count
         keys = []
+        inside = []
         placed = 0
         active, base, started = _sell_level(alphas, held, two_h, need)
         denominator = two_h * active
@@ -282,11 +305,12 @@ def allocate_sell_integral(
             placed += whole
             if remainder:
                 keys.append(ranks[i] - remainder * count)
+                inside.append(i)
     # Fewer than n shares remain, each for a different account strictly inside its box,
     # largest fractional part first (the smallest next marginal cost), ties by name.
     left = quantity - placed
     if left:
-        by_rank = {ranks[i]: i for i in members}
+        by_rank = {ranks[i]: i for i in inside}
         keys.sort()
         for key in keys[:left]:
             shares[by_rank[key % count]] += 1
@@ -388,9 +412,12 @@ def _signed_ratios(what: str, numbers: Mapping[str, object]) -> dict[str, tuple[
     """Exact ratios of a map of account -> any real number; ValueError naming the culprit."""
     ratios = {}
     for account, number in numbers.items():
+        if type(number) is float and -_INFINITY < number < _INFINITY:  # the common case, fast
+            ratios[account] = number.as_integer_ratio()
+        else:
+            ratios[account] = _exact_ratio(f"{what} of account {account!r}", number)
         if type(account) is not str or not account:
             _check_account(account)
-        ratios[account] = _exact_ratio(f"{what} of account {account!r}", number)
     return ratios
 
 
