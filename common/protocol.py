@@ -645,7 +645,8 @@ def _decimals_reason(price: float) -> str:
     for places in range(PRICE_DECIMALS + 1):
         decimal = f"{price:.{places}f}"
         if struct.pack(">f", float(decimal)) == as_float32:
-            return f"{reason}: it is the 32-bit float nearest {decimal}; send prices as 64-bit floats"
+            hint = f"it is the 32-bit float nearest {decimal}; send prices as 64-bit floats"
+            return f"{reason}: {hint}"
     return reason
 
 

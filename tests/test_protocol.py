@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from pathlib import Path
 
+import msgpack
 import pytest
-from helpers import meant
+from helpers import ROOT, meant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +90,10 @@ def test_rejection_is_a_value_error():
             pack({"type": FILL}) + b"\x00",
             "not valid msgpack: there are bytes after the first object (one map per message)",
         ),
-        (b"\x81\xa4type\xa2\xff\xfe", "not valid msgpack: a str holds bytes that are not UTF-8 text"),
+        (
+            b"\x81\xa4type\xa2\xff\xfe",
+            "not valid msgpack: a str holds bytes that are not UTF-8 text",
+        ),
     ],
     ids=["reserved-byte", "empty", "truncated", "trailing-data", "str-not-utf8"],
 )
@@ -166,7 +171,10 @@ def test_missing_seq_carries_the_source():
         ("", "source must be a non-empty string, got an empty string"),
         (17, "source must be a non-empty string, got 17"),
         (None, "source must be a non-empty string, got nil"),
-        (b"\xff", "source must be a non-empty string, got bin data that is not UTF-8 text (1 byte)"),
+        (
+            b"\xff",
+            "source must be a non-empty string, got bin data that is not UTF-8 text (1 byte)",
+        ),
         (["a"], "source must be a non-empty string, got an array of 1 item"),
         (
             "s" * (MAX_NAME_LENGTH + 1),
@@ -455,9 +463,7 @@ def test_bad_split(splits, reason):
 
 def test_split_account_name_not_a_string_via_build_split():
     # msgpack input only allows str/bytes keys; build_split is also used directly
-    with pytest.raises(
-        Invalid, match=re.escape("account name must be a non-empty string, got 7")
-    ):
+    with pytest.raises(Invalid, match=re.escape("account name must be a non-empty string, got 7")):
         build_split(SOURCE, SEQ, {7: 100})
 
 
@@ -579,3 +585,226 @@ def test_a_fill_over_the_fill_limit_is_refused_though_a_split_that_size_is_not()
     with pytest.raises(Invalid, match=r"over the 2,097,152-byte limit") as info:
         validate(pack(split_body({"a": 100}) | {"note": "x" * (3 << 20)}), TICKERS)
     assert info.value.source is None  # too big to be read at all
+
+
+# -- encodings: what a sender in another language may send (docs/protocol.md) -----------
+
+
+def packed_bin(body: dict) -> bytes:
+    """`body` with every key and every text value sent as msgpack bin, as a sender whose
+    strings are bytes (or an old msgpack library) would."""
+
+    def as_bin(value):
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, dict):
+            return {as_bin(k): as_bin(v) for k, v in value.items()}
+        return value
+
+    return msgpack.packb(as_bin(body), use_bin_type=True)
+
+
+def test_a_fill_all_in_bin_strings_means_the_same_fill():
+    body = fill_body(side="sell")
+    assert validate(packed_bin(body), TICKERS) == validate(pack(body), TICKERS)
+
+
+def test_a_split_all_in_bin_strings_means_the_same_split():
+    body = split_body({"acct-a": 60.0, "acct-b": 39.995})
+    assert validate(packed_bin(body), TICKERS) == validate(pack(body), TICKERS)
+
+
+def test_a_bin_source_that_is_utf8_keeps_the_rejections_identity():
+    body = fill_body(source="desk-ü".encode(), ticker="IBM")
+    rejection = rejected(
+        pack(body), f"unknown ticker 'IBM' (not in the universe of {len(TICKERS)})"
+    )
+    assert (rejection.source, rejection.seq) == ("desk-ü", SEQ)
+
+
+def test_a_str_key_wins_over_a_bin_key_of_the_same_name():
+    body = fill_body() | {b"quantity": 7, b"price": "oops"}
+    assert validate(pack(body), TICKERS).quantity == 500
+    # ... also when the message is read again for its bin keys (here: a bin ticker key).
+    body = without(fill_body(), "ticker") | {b"ticker": "AAPL", b"quantity": 7}
+    assert validate(pack(body), TICKERS).quantity == 500
+
+
+def test_a_bin_side_key_is_not_silently_a_buy():
+    assert validate(pack(fill_body() | {b"side": "sell"}), TICKERS).side == "sell"
+
+
+def test_float32_prices_are_exact_or_rejected_naming_the_cause():
+    exact = msgpack.packb(fill_body(price=187.25), use_single_float=True)
+    assert validate(exact, TICKERS).price_units == 187_250_000
+    inexact = msgpack.packb(fill_body(price=10.01), use_single_float=True)
+    rejection = rejected(
+        inexact,
+        "price 10.010000228881836 has more than 6 decimal places: it is the 32-bit float "
+        "nearest 10.01; send prices as 64-bit floats",
+    )
+    assert (rejection.source, rejection.seq) == (SOURCE, SEQ)
+
+
+def test_a_sum_of_floats_is_not_rounded_for_the_sender():
+    rejected_with_identity(
+        fill_body(price=0.1 + 0.2), "price 0.30000000000000004 has more than 6 decimal places"
+    )
+
+
+@pytest.mark.parametrize("quantity", [100.0, 1.0, float(MAX_QUANTITY)])
+def test_a_whole_float_quantity_is_that_many_shares(quantity):
+    fill = validate(pack(fill_body(quantity=quantity)), TICKERS)
+    assert fill.quantity == int(quantity) and type(fill.quantity) is int
+
+
+def map_of(*pairs: tuple[bytes, bytes]) -> bytes:
+    """A msgpack map built by hand from already-encoded keys and values."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(k + v for k, v in pairs)
+
+
+def text(value: str) -> bytes:
+    return pack(value)
+
+
+@pytest.mark.parametrize(
+    ("seq", "quantity"),
+    [
+        (b"\x2a", b"\xcd\x01\xf4"),  # fixint, uint16
+        (b"\xcc\x2a", b"\xce\x00\x00\x01\xf4"),  # uint8, uint32
+        (b"\xd0\x2a", b"\xcf" + (500).to_bytes(8, "big")),  # int8, uint64
+        (b"\xd3" + (42).to_bytes(8, "big"), b"\xd2\x00\x00\x01\xf4"),  # int64, int32
+    ],
+    ids=["fixint", "uint8", "int8", "int64"],
+)
+def test_every_integer_width_is_accepted(seq, quantity):
+    raw = map_of(
+        (text("type"), text("fill")),
+        (text("source"), text(SOURCE)),
+        (text("seq"), seq),
+        (text("ticker"), text("AAPL")),
+        (text("price"), b"\xd1\x00\xbb"),  # int16 187
+        (text("quantity"), quantity),
+    )
+    assert validate(raw, TICKERS) == Fill(SOURCE, SEQ, "AAPL", 187 * PRICE_SCALE, 500)
+
+
+def test_a_duplicate_key_takes_its_last_value():
+    raw = map_of(
+        (text("type"), text("fill")),
+        (text("source"), text(SOURCE)),
+        (text("seq"), pack(SEQ)),
+        (text("ticker"), text("AAPL")),
+        (text("price"), pack(10)),
+        (text("quantity"), pack(1)),
+        (text("quantity"), pack(2)),
+    )
+    assert validate(raw, TICKERS).quantity == 2
+
+
+def test_each_percent_means_its_own_decimal_in_a_mixed_split():
+    """Rules version 4: 33.3 means 333/10 even beside a percent with more places (here the
+    remainder computed in binary, 33.400000000000006); before, all three counted binary."""
+    splits = {"a": 33.3, "b": 33.3, "c": 100 - 33.3 - 33.3}
+    assert repr(splits["c"]) == "33.400000000000006"
+    split = validate(pack(split_body(splits)), TICKERS)
+    assert_exactly_normalised(split, splits)
+    total = sum(split.weights)
+    exact_total = Fraction(666, 10) + Fraction(splits["c"])
+    assert Fraction(split.weights[0], total) == Fraction(333, 10) / exact_total
+    binary_total = sum(Fraction(p) for p in splits.values())
+    assert Fraction(split.weights[0], total) != Fraction(33.3) / binary_total
+
+
+# -- every reason is a plain sentence that docs/protocol.md lists ------------------------
+
+DOC = ROOT / "docs" / "protocol.md"
+
+
+def documented_reasons() -> list[re.Pattern[str]]:
+    """The reason templates of docs/protocol.md's *Rejection reasons* table, as patterns:
+    each `{...}` field stands for any text."""
+    section = DOC.read_text().split("### Rejection reasons", 1)[1].split("\n## ", 1)[0]
+    patterns = []
+    for row in section.splitlines():
+        if not row.startswith("|") or row.startswith("|---"):
+            continue
+        for template in re.findall(r"`([^`]+)`", row.split("|")[2]):
+            parts = re.split(r"\{[^}]*\}", template)
+            patterns.append(re.compile(".+".join(re.escape(p) for p in parts) + r"\Z", re.S))
+    return patterns
+
+
+#: What Python reprs leave in a sentence once its quoted text (data) is taken out: type
+#: names, or the `b` of a bytes literal such as b'raw'.
+PYTHON_REPRS = re.compile(
+    r"NoneType|<class|\bbool\b|\bdict\b|\blist\b|\btuple\b|Error|\bb(?=\s|$|\))|\bstr\s*$"
+)
+QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+# Values that msgpack can carry, in every place a field can take them.
+WIRE_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.sampled_from(["fill", "split", "buy", "sell", "AAPL", SOURCE]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = ("type", "source", "seq", "ticker", "price", "quantity", "side", "splits")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["fill", "split"]),
+    changes=st.dictionaries(st.sampled_from(FIELDS), WIRE_VALUES, max_size=3),
+    dropped=st.sets(st.sampled_from(FIELDS), max_size=2),
+)
+def test_every_reason_is_documented_and_plain(kind, changes, dropped):
+    base = fill_body() if kind == "fill" else split_body({"a": 60, "b": 40})
+    body = {k: v for k, v in (base | changes).items() if k not in dropped}
+    try:
+        validate(pack(body), TICKERS)
+    except Invalid as rejection:
+        reason = rejection.reason
+        assert any(p.match(reason) for p in documented_reasons()), reason
+        assert not PYTHON_REPRS.search(QUOTED.sub("", reason)), reason
+
+
+def test_every_reason_this_file_expects_is_documented():
+    """Every literal reason in this file's tests matches a template of the doc."""
+    patterns = documented_reasons()
+    source = Path(__file__).read_text()
+    literals = re.findall(
+        r'"((?:price|quantity|seq|source|account|splits|percent|side|ticker'
+        r'|type|message|missing|unknown|not valid)[^"\n]*)"',
+        source,
+    )
+    # (a literal ending in a space is the first half of two adjacent literals)
+    checked = [s for s in literals if "{" not in s and len(s) > 20 and not s.endswith(" ")]
+    assert len(checked) > 40
+    missing = [s for s in checked if not any(p.match(s) for p in patterns)]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xc1", b"", b"\x92\x01", b"\x81\x01\x01", pack([1]), b"\xa2\xff\xfe", b"\x91" * 5000],
+)
+def test_unreadable_reasons_are_documented(raw):
+    with pytest.raises(Invalid) as info:
+        validate(raw, TICKERS)
+    reason = info.value.reason
+    assert any(p.match(reason) for p in documented_reasons()), reason
+    assert not PYTHON_REPRS.search(QUOTED.sub("", reason)), reason
+
+
+def test_the_plain_sentence_check_catches_python_reprs():
+    for repr_reason in ("got NoneType None", "got b'raw'", "got str 'x'", "got bool True"):
+        assert PYTHON_REPRS.search(QUOTED.sub("", repr_reason)), repr_reason
