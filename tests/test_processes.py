@@ -70,7 +70,7 @@ def test_controller_process_allocates_exactly_and_answers_bad_input(ctx, tmp_pat
                     "seq": 6,
                     "ticker": "AAPL",
                     "price": 1.0,
-                    "quantity": 3.0,
+                    "quantity": 3.5,
                 }
             ),
             pack({"type": "split", "source": "aum", "seq": 2, "splits": {"A": 50, "B": 49}}),
