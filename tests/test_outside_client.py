@@ -10,8 +10,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import msgpack
 import pytest
-from helpers import ROOT, start_controller
+import zmq
+from helpers import ROOT, collect, start_controller, wait_for
 
 from common.protocol import (
     DEFAULT_TICKERS,
@@ -132,3 +134,40 @@ def test_the_c_client_refuses_a_line_it_cannot_encode(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == "line 1: not a fill or split line\n"
+
+
+def test_multipart_frames_and_bin_strings_behave_as_the_doc_says(ctx, tmp_path):
+    """docs/protocol.md, Encodings: each frame of a multipart message is a message of its
+    own, and a message written all in bin strings means the same as in str."""
+    running, inputs, publish = start_controller(tmp_path)
+    try:
+        sub = ctx.socket(zmq.SUB)
+        for topic in (b"allocation", b"rejected", b"ack:", b"positions"):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(publish)
+        wait_for(lambda: any(t == b"positions" for t, _ in collect(sub, 100)), what="a snapshot")
+        push = ctx.socket(zmq.PUSH)
+        push.connect(inputs)
+        binary = {
+            k.encode(): v.encode() if isinstance(v, str) else v
+            for k, v in fill_message("desk", 2, "MSFT", 10.01, 100, "buy").items()
+        }
+        push.send(pack(split_message("aum", 1, {"A": 60, "B": 40})))
+        push.send_multipart([pack(fill_message("desk", 1, "AAPL", 187.25, 10)), b"\xc1"])
+        push.send(msgpack.packb(binary, use_bin_type=True))
+        events: list[tuple[bytes, dict]] = []
+
+        def acked() -> bool:
+            events.extend(collect(sub, 100))
+            return any(t == b"ack:desk" and body["seq"] == 2 for t, body in events)
+
+        wait_for(acked, what="desk's two fills acknowledged")
+    finally:
+        running.process.send_signal(signal.SIGTERM)
+        assert running.wait() == 0, running.stderr
+    allocations = [
+        (b["seq"], b["ticker"], b["allocations"]) for t, b in events if t == b"allocation"
+    ]
+    assert allocations == [(1, "AAPL", {"A": 6, "B": 4}), (2, "MSFT", {"A": 60, "B": 40})]
+    bare = [body["reason"] for topic, body in events if topic == b"rejected"]
+    assert bare == ["not valid msgpack: it uses a reserved type byte (0xc1)"]
