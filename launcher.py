@@ -636,7 +636,9 @@ def build_children(args: argparse.Namespace) -> list[Child]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launcher", description="Run the whole allocation system.")
+    p = argparse.ArgumentParser(
+        prog="launcher", description="Run the whole allocation system.", allow_abbrev=False
+    )
     config.add_common_flags(p)
     p.add_argument("--inputs", metavar="ENDPOINT", help="controller input endpoint")
     p.add_argument("--publish", metavar="ENDPOINT", help="controller publish endpoint")

@@ -4,6 +4,7 @@ one process's own; command-line flags override both."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 import tomllib
@@ -18,17 +19,54 @@ class ConfigError(ValueError):
     """The configuration file is missing, unreadable or names an unknown setting."""
 
 
+#: Every process that reads the one config file (its [table] name) and the module holding
+#: its DEFAULTS. A table none of them reads, or a top-level key none of them knows, is
+#: refused with the closest valid name: a misspelt setting must never be ignored silently.
+#: Ordered cheapest import first: another process's module is imported only to look up a
+#: top-level key that the reading process does not know itself.
+PROCESS_MODULES = {
+    "controller": "controller.cli",
+    "fillsim": "fillsim.cli",
+    "aumsim": "aumsim.cli",
+    "launcher": "launcher",
+    "positions": "positions.cli",
+}
+
+
+def _closest(name: str, valid: list[str] | set[str], shown: str = "'{}'") -> str:
+    """` (did you mean X?)` for the valid name closest to a misspelt one, else ``."""
+    matches = difflib.get_close_matches(name, sorted(valid), n=1)
+    return f" (did you mean {shown.format(matches[0])}?)" if matches else ""
+
+
+def read(path: str) -> dict[str, Any]:
+    """The config file as TOML, with its table names checked; ConfigError saying why not."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for name, value in data.items():
+        if isinstance(value, dict) and name not in PROCESS_MODULES:
+            hint = _closest(name, set(PROCESS_MODULES), "[{}]")
+            tables = ", ".join(f"[{process}]" for process in PROCESS_MODULES)
+            raise ConfigError(
+                f"config file {path}: unknown table [{name}]{hint}; the tables are {tables}"
+            )
+    return data
+
+
 def load(path: str | None, section: str) -> tuple[dict[str, Any], list[str]]:
     """Settings for `section` (the file's top-level values overlaid by its [section] table)
     and the keys the [section] table itself names, from one read of the file."""
     if path is None:
         return {}, []
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = read(path)
     settings = {key: value for key, value in data.items() if not isinstance(value, dict)}
     own = data.get(section, {})
     if not isinstance(own, dict):
@@ -37,15 +75,52 @@ def load(path: str | None, section: str) -> tuple[dict[str, Any], list[str]]:
     return settings, list(own)
 
 
+def known_settings(process: str) -> set[str]:
+    """The settings `process` takes (its DEFAULTS), importing its module if need be."""
+    module: Any = importlib.import_module(PROCESS_MODULES[process])
+    return set(module.DEFAULTS)
+
+
+def setting_of(process: str, key: str, path: str | None) -> Any:
+    """The value `process` runs with for `key` when started with `--config path` and no flag
+    for it: its [process] table, else the top level, else its default (the tools use it to
+    find what a process uses, e.g. the controller's journal)."""
+    module: Any = importlib.import_module(PROCESS_MODULES[process])
+    settings = resolve(argparse.Namespace(config=path), module.DEFAULTS, process)
+    return getattr(settings, key)
+
+
+def check_top_level(path: str, keys: list[str], defaults: dict[str, Any]) -> None:
+    """Refuse a top-level key that no process takes. Keys this process knows cost nothing;
+    only an unknown one makes the other processes' settings be looked up."""
+    unknown = set(keys) - set(defaults)
+    everything = set(defaults)
+    for process in PROCESS_MODULES:
+        if not unknown:
+            return
+        names = known_settings(process)
+        everything |= names
+        unknown -= names
+    if unknown:
+        key = min(unknown)
+        raise ConfigError(
+            f"config file {path}: unknown top-level setting '{key}'{_closest(key, everything)}"
+        )
+
+
 def resolve(args: argparse.Namespace, defaults: dict[str, Any], section: str) -> argparse.Namespace:
     """Fill every setting in `defaults`: flag if given, else config file, else default.
 
     Flags must default to None so that "not given" can be told apart from a value.
     """
-    settings, own_keys = load(getattr(args, "config", None), section)
+    path = getattr(args, "config", None)
+    settings, own_keys = load(path, section)
     unknown = sorted(set(own_keys) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
+        hints = ", ".join(f"'{key}'{_closest(key, set(defaults))}" for key in unknown)
+        raise ConfigError(f"unknown setting(s) in [{section}]: {hints}")
+    if path is not None:
+        check_top_level(path, [k for k in settings if k not in own_keys], defaults)
     for key, default in defaults.items():
         if getattr(args, key, None) is None:
             value = settings.get(key, default)

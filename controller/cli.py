@@ -50,6 +50,7 @@ DEFAULTS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="controller",
+        allow_abbrev=False,
         description="Allocate fills across accounts by AUM split.",
         epilog="Tools: python -m controller {audit,replay,keys} --help",
     )

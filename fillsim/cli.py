@@ -33,7 +33,9 @@ DEFAULTS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fillsim", description="Send simulated fills.")
+    p = argparse.ArgumentParser(
+        prog="fillsim", description="Send simulated fills.", allow_abbrev=False
+    )
     config.add_common_flags(p)
     p.add_argument("--controller", metavar="ENDPOINT", help="controller inputs to connect to")
     p.add_argument("--acks", metavar="ENDPOINT", help="controller PUB endpoint (for acks)")

@@ -178,13 +178,25 @@ def fill_number(text: str) -> int:
     return number
 
 
+#: The processes whose settings say which journal the controller writes: itself, and the
+#: launcher, which passes its own setting to the controller it starts.
+JOURNAL_READERS = ("controller", "launcher")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="controller audit",
+        allow_abbrev=False,
         description="List every allocation in a journal and what it was decided from, "
         "or verify them.",
     )
-    p.add_argument("--journal", required=True, metavar="PATH", help="controller journal")
+    p.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="controller journal (default: the one the controller uses with --config, "
+        "else data/controller.journal)",
+    )
+    p.add_argument("--config", metavar="FILE", help="the system's TOML configuration file")
     p.add_argument("--account", action="append", default=[], help="only this account (repeat)")
     p.add_argument("--ticker", action="append", default=[], help="only this ticker (repeat)")
     p.add_argument("--source", action="append", default=[], help="only this fill source (repeat)")
@@ -220,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_arguments(p, args)
     logs.setup("controller-audit", args.log_level)
-    journal = Path(args.journal)
     try:
+        journal = Path(args.journal) if args.journal else default_journal(args.config)
         if args.verify:
             return run_verify(journal, Path(args.against) if args.against else None)
         return run_listing(journal, args)
@@ -231,6 +243,29 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def default_journal(path: str | None) -> Path:
+    """The journal the controller writes under configuration `path`. The controller alone
+    reads its [controller] table (else the top level); under the launcher it gets the
+    launcher's setting as a flag. When these differ, the one that exists is meant; if both
+    or neither exist the choice is the operator's, and AuditError says so."""
+    try:
+        candidates = {
+            Path(config.setting_of(process, "journal", path)) for process in JOURNAL_READERS
+        }
+    except config.ConfigError as exc:
+        raise AuditError(str(exc)) from None
+    if len(candidates) == 1:
+        return candidates.pop()
+    existing = [journal for journal in sorted(candidates) if journal.exists()]
+    if len(existing) == 1:
+        return existing[0]
+    shown = " and ".join(str(journal) for journal in sorted(candidates))
+    raise AuditError(
+        f"the configuration names two journals ({shown}: the controller's own and the "
+        "launcher's); say which with --journal"
+    )
 
 
 def run_verify(journal: Path, against: Path | None) -> int:

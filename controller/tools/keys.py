@@ -47,6 +47,7 @@ A key without an entry here may connect and read, but not send.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="controller keys",
+        allow_abbrev=False,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

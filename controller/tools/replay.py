@@ -407,6 +407,7 @@ def comparison_table(data: dict[str, Any]) -> Table:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="controller replay",
+        allow_abbrev=False,
         description="Run fills and splits from a file offline; print positions and tracking.",
     )
     p.add_argument("file", help="JSON lines (.jsonl) or CSV (.csv) of fills and splits")
