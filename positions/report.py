@@ -289,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
     """The report's flags: one source (--record or --journal), --run, --output."""
     p = argparse.ArgumentParser(
         prog="positions report",
+        allow_abbrev=False,
         description="Chart each account's weight against its target; print tracking error.",
     )
     source = p.add_mutually_exclusive_group()
