@@ -13,18 +13,26 @@ ARG BASE=python:3.12-slim
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/fillalloc
-COPY pyproject.toml README.md launcher.py /src/
+# The dependencies pyproject.toml declares (and its build backend), in a layer of their
+# own: rebuilt only when pyproject.toml changes, not on every change of the code.
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); print(*p["project"]["dependencies"], *p["build-system"]["requires"], sep="\n")' > /src/requirements.txt \
+    && /opt/fillalloc/bin/pip install -r /src/requirements.txt
+COPY README.md launcher.py /src/
 COPY common /src/common
 COPY controller /src/controller
 COPY fillsim /src/fillsim
 COPY aumsim /src/aumsim
 COPY positions /src/positions
-RUN /opt/fillalloc/bin/pip install /src
+# The project itself; the build backend leaves the venv with the build.
+RUN /opt/fillalloc/bin/pip install --no-deps --no-build-isolation /src \
+    && /opt/fillalloc/bin/pip uninstall --yes setuptools
 
 FROM ${BASE}
 # A fixed, unprivileged user: files it writes on volumes keep the same owner across images.
 ARG UID=10001
-RUN useradd --system --uid "${UID}" --user-group --home-dir /var/lib/fillalloc \
+RUN groupadd --system --gid "${UID}" fillalloc \
+    && useradd --system --uid "${UID}" --gid "${UID}" --home-dir /var/lib/fillalloc \
         --create-home --shell /usr/sbin/nologin fillalloc \
     && mkdir -p /var/lib/fillalloc/data \
     && chown fillalloc:fillalloc /var/lib/fillalloc/data

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,8 @@ UP_DEADLINE = 180.0  # seconds for the first snapshot with fills (includes conta
 RESTART_DEADLINE = 120.0
 COMMAND_TIMEOUT = 900  # seconds for one docker command (a cold build installs from PyPI)
 POLL = 0.5
+#: The controller's start-up line saying what it recovered (controller/cli.py).
+RECOVERED = re.compile(r"recovered \S+ in [0-9.]+ s: (\d+) fills allocated")
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +389,10 @@ def test_compose_survives_a_controller_crash_with_nothing_acknowledged_lost(
     controller = stack.container("controller")
     assert stack.inspect(controller, "{{.State.Health.Status}}") in ("healthy", "starting")
     pid = int(stack.inspect(controller, "{{.State.Pid}}"))
-    os.kill(pid, signal.SIGKILL)  # a crash, not a stop: the restart policy must act
+    # A crash, not a stop: `docker kill` counts as stopping it by hand, and Docker's restart
+    # policy leaves a container stopped by hand alone.
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
     log.warning(
         "killed the controller (instance %s) at %d fills allocated, acknowledged %s",
         before["instance"], before["counts"]["fills"], fill_sources(before),
@@ -399,6 +405,12 @@ def test_compose_survives_a_controller_crash_with_nothing_acknowledged_lost(
         return now if now["counts"]["fills"] >= before["counts"]["fills"] else None
 
     after = wait_for("snapshot from a restarted controller", recovered, RESTART_DEADLINE, stack)
+    back_after = time.monotonic() - killed
+    # What the restarted controller recovered from the journal on the volume.
+    logs = stack("logs", "--no-color", "controller").stdout
+    recoveries = [int(n) for n in RECOVERED.findall(logs)]
+    assert len(recoveries) >= 2, logs[-4000:]
+    assert recoveries[-1] >= before["counts"]["fills"], (recoveries, before["counts"])
     # Nothing acknowledged is lost: every source's acknowledged seq is at least what it was.
     for source, seq in fill_sources(before).items():
         assert after["sources"].get(source, 0) >= seq, (source, seq, after["sources"])
@@ -411,9 +423,10 @@ def test_compose_survives_a_controller_crash_with_nothing_acknowledged_lost(
         stack,
     )
     log.warning(
-        "restarted as %s: %d fills allocated right after recovery, %d later; first %d",
-        after["instance"], after["counts"]["fills"], later["counts"]["fills"],
-        first["counts"]["fills"],
+        "restarted as %s, its first snapshot %.1f s after the kill: %d fills recovered from "
+        "the journal, %d allocated at that snapshot, %d later (first seen: %d)",
+        after["instance"], back_after, recoveries[-1], after["counts"]["fills"],
+        later["counts"]["fills"], first["counts"]["fills"],
     )
 
     stack("stop", "--timeout", "10")
