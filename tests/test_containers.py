@@ -14,6 +14,7 @@ elsewhere the test skips and says why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import http.server
 import io
@@ -345,31 +346,53 @@ def fill_sources(snapshot: dict[str, Any]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The system up from compose.yaml, built on the local base; down and gone afterwards."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str]]:
+    """The compose command and environment, once the image is built on the local base."""
     missing = docker_missing()
     if missing:
         pytest.skip(missing)
     compose = compose_command()
     assert compose is not None
     base = base_image()
-    port = free_port()
     env = {
         **os.environ,
         "FILLALLOC_BASE": base,
         "FILLALLOC_IMAGE": IMAGE,
         "FILLALLOC_CONFIG": str(fast_config(tmp_path_factory.mktemp("compose") / "c.toml")),
-        "FILLALLOC_HTTP_PORT": str(port),
     }
     started = time.monotonic()
     run([*compose, "build", "controller"], env=env)  # one image for every service
     log.warning("image %s built FROM %s in %.1f s", IMAGE, base, time.monotonic() - started)
-    system = Stack(compose, f"fillalloc-test-{os.getpid()}", env, port)
+    return compose, env
+
+
+@contextlib.contextmanager
+def system_up(
+    built: tuple[list[str], dict[str, str]], name: str, *files: str, **env: str
+) -> Iterator[Stack]:
+    """The system up under the project `name` (compose.yaml, then `files`), then down with
+    its volumes, whatever happened."""
+    compose, base_env = built
+    port = free_port()
+    files_args = [arg for f in ("compose.yaml", *files) for arg in ("-f", f)] if files else []
+    system = Stack(
+        [*compose, *files_args],
+        f"fillalloc-{name}-{os.getpid()}",
+        {**base_env, **env, "FILLALLOC_HTTP_PORT": str(port)},
+        port,
+    )
     try:
         system("up", "-d")
         yield system
     finally:
         system("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(built: tuple[list[str], dict[str, str]]) -> Iterator[Stack]:
+    """The system up from compose.yaml with fast intervals; down and gone afterwards."""
+    with system_up(built, "test") as system:
+        yield system
 
 
 @pytest.mark.timeout(COMMAND_TIMEOUT + UP_DEADLINE + RESTART_DEADLINE)
@@ -448,3 +471,29 @@ def test_compose_survives_a_controller_crash_with_nothing_acknowledged_lost(
 def test_compose_down_leaves_nothing_behind(stack: Stack) -> None:
     stack("down", "--volumes", "--remove-orphans", "--timeout", "10")
     assert stack.leftovers() == []
+
+
+@pytest.mark.timeout(COMMAND_TIMEOUT + UP_DEADLINE)
+def test_compose_with_curve_keys_allocates_with_no_peer_refused(
+    built: tuple[list[str], dict[str, str]], tmp_path: Path
+) -> None:
+    """compose.curve.yaml on keys made by examples/compose-keys.sh: every client gets in
+    with its own key and sends only what its grant allows."""
+    keys = tmp_path / "keys"
+    run(["sh", str(ROOT / "examples" / "compose-keys.sh")],
+        env={**built[1], "FILLALLOC_KEYS": str(keys)})
+    assert (keys / "controller.key_secret").stat().st_mode & 0o077 == 0
+    # The file's own (slower) intervals: its first snapshot comes within 10 s.
+    env = {"FILLALLOC_KEYS": str(keys)}
+    with system_up(built, "curve", "compose.curve.yaml", **env) as system:
+        shown = wait_for(
+            "snapshot with fills allocated over CURVE",
+            lambda: (s := system.snapshot()) and s["counts"]["fills"] > 0
+            and len(fill_sources(s)) == 2 and s,
+            UP_DEADLINE,
+            system,
+        )
+        assert shown["counts"]["refused"] == 0 and shown["counts"]["peers_rejected"] == 0
+        assert "CURVE security on" in system("logs", "--no-color", "controller").stdout
+        assert system.leftovers() != []
+    assert system.leftovers() == []
