@@ -46,6 +46,7 @@ SEND_HWM = 10_000
 STOP_FLUSH = 3.0  # seconds a stopping sender waits for its last acknowledgements
 REJECTIONS_LOGGED_IN_FULL = 10  # then one line per REJECTION_LOG_EVERY, so floods stay short
 REJECTION_LOG_EVERY = 1000
+REJECTIONS_KEPT = 10_000  # rejected seqs remembered per session, to ignore one heard twice
 
 
 class MessageTooLarge(ValueError):
@@ -126,7 +127,9 @@ class ReliableSender:
         self.refused = 0
         self.lost = 0
         self._rejected_seqs: list[int] = []  # rejected here, above `acked`: not accepted
-        self._last_rejected = 0  # highest seq of this session heard rejected
+        # Seqs of this session heard rejected. Not only the highest: a fill held until the
+        # first split is rejected when that split comes, after later seqs may have been.
+        self._rejections_heard: set[int] = set()
         self._last_progress = clock()
         self.push = ctx.socket(zmq.PUSH)
         self.sub = ctx.socket(zmq.SUB)
@@ -338,6 +341,15 @@ class ReliableSender:
         self.sent_upto = max(self.sent_upto, seq)
         self._last_progress = self.clock()
 
+    def _remember_rejection(self, seq: int) -> None:
+        """Keep the rejected seqs heard, bounded: the oldest half goes past REJECTIONS_KEPT
+        (a rejection is published once, so a very old one never comes again)."""
+        heard = self._rejections_heard
+        heard.add(seq)
+        if len(heard) > REJECTIONS_KEPT:
+            for old in sorted(heard)[: REJECTIONS_KEPT // 2]:
+                heard.discard(old)
+
     def _on_rejection(self, body: dict[str, Any]) -> None:
         """The controller refused message `seq` and consumed its seq: drop it for good."""
         seq, reason = body.get("seq"), body.get("reason")
@@ -347,9 +359,9 @@ class ReliableSender:
         if not 1 <= seq < self.next_seq:
             log.error("%s: controller rejected seq %d, which was never sent", self.source, seq)
             return
-        if seq <= self._last_rejected:
-            return  # heard before: the controller rejects a source's messages in seq order
-        self._last_rejected = seq
+        if seq in self._rejections_heard:
+            return  # heard before
+        self._remember_rejection(seq)
         if seq <= self.acked:
             # Acknowledged before its rejection reached us: it was counted as accepted.
             self.accepted = max(0, self.accepted - 1)
@@ -391,7 +403,7 @@ class ReliableSender:
         self._subscribe()
         self.outbox.clear()
         self._rejected_seqs.clear()
-        self._last_rejected = 0
+        self._rejections_heard = set()
         self.next_seq, self.acked, self.sent_upto = 1, 0, 0
         log.error(
             "%s: controller instance %s acknowledged seq %d where instance %s had acknowledged"

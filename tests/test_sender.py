@@ -566,3 +566,19 @@ def test_sender_carries_on_as_a_new_session_when_the_controller_lost_its_acks(
     assert (sender.accepted, sender.lost) == (2, 5)
     second.close()
     sender.close()
+
+
+def test_rejections_heard_out_of_seq_order_are_all_counted(ctx, fake):
+    """A sell held until the first split is rejected when the split comes, after a later
+    seq of the same source was already rejected: both rejections count."""
+    sender = connected_sender(ctx, fake, clock=FakeClock(), resend_after=1.0)
+    fills(sender, 2)
+    fake.receive(2, sender)
+    fake.reject(sender.source, 2, "unknown ticker 'NOPE'")
+    pump_until(lambda: sender.rejected == 1, sender)
+    fake.reject(sender.source, 1, "sell of 10 AAPL exceeds the 0 held across accounts")
+    fake.ack(sender.source, 2)
+    pump_until(lambda: sender.acked == 2, sender)
+    assert (sender.accepted, sender.rejected, sender.pending) == (0, 2, 0)
+    assert sender.summary() == "0 accepted, 2 rejected"
+    sender.close()
