@@ -35,6 +35,7 @@ import msgpack
 
 from common.protocol import (
     BUY,
+    MAX_SPLIT_MESSAGE_BYTES,
     RULES_VERSION,
     SELL,
     SIDES,
@@ -52,7 +53,7 @@ MAGIC = b"FILLJNL"
 FORMAT_VERSION = 2
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_HEADER = struct.Struct("<II")
-MAX_RECORD_BYTES = 1 << 20
+MAX_RECORD_BYTES = 4 * MAX_SPLIT_MESSAGE_BYTES  # a record holds at most one input, journaled
 CHECKPOINT_MAGIC = b"FILLCKP2"
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -114,9 +115,9 @@ class JournalHeader:
 
     def check_supported(self, path: str | os.PathLike) -> None:
         """JournalUnsupported unless this code implements the rules the journal was written by."""
-        if self.rules != RULES_VERSION:
+        if type(self.rules) is not int or self.rules != RULES_VERSION:
             raise JournalUnsupported(
-                f"{path} was written under allocation rules version {self.rules}; this "
+                f"{path} was written under allocation rules version {self.rules!r}; this "
                 f"release implements version {RULES_VERSION} only (see docs/architecture.md), "
                 "so replaying it could build a different book than the one published"
             )
@@ -187,6 +188,11 @@ class JournalWriter:
                 os.close(self._fd)
                 raise JournalCorrupt(f"{self.path}: the journal header is incomplete")
             self.header = existing
+            # Recovery read the file through the page cache; a process that died between
+            # a write and its fsync left records there that no disk holds yet. Make them
+            # durable before anything recovered from them can be acknowledged.
+            os.fsync(self._fd)
+        self._synced = self.offset  # the end of what a successful fsync made durable
         self._buffer = bytearray()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._policy = fsync
@@ -249,9 +255,23 @@ class JournalWriter:
             os.fsync(self._fd)
         except OSError as exc:
             self.failed = True
+            self._cut_unsynced()
             raise JournalFailed(f"{self.path}: fsync failed: {exc}") from exc
+        self._synced = self.offset
         self._last_sync = self._clock()
         self._unsynced = False
+
+    def _cut_unsynced(self) -> None:
+        """After a failed fsync, cut off what it should have made durable. The kernel may
+        keep showing those bytes (it marks the pages clean, never to be written), so a
+        restarted controller would read them back, acknowledge them and lose them at the
+        next power cut, or leave a hole in the middle of the journal once later records
+        are synced. Cut off, they are read back by no one; their senders resend them."""
+        try:
+            os.ftruncate(self._fd, self._synced)
+        except OSError as exc:
+            log.error("%s: could not cut off the unsynced records after a failed fsync: %s",
+                      self.path, exc)
 
     def _check_alive(self) -> None:
         if self.failed:
