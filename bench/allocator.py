@@ -1,10 +1,14 @@
 """Allocator: calls per second and microseconds per call of `allocate` (the public API, float
 inputs) and `allocate_integral` (the engine's integer hot path), for 10 to 10,000 accounts
-and quantities 1 to 10**9; the time should not depend on the quantity.
+and quantities 1 to 10**9; then the same for sells, `allocate_sell` and
+`allocate_sell_integral`, from a book holding twice the largest quantity. The time should
+not depend on the quantity.
 
     python bench/allocator.py [--quick] [--accounts ...] [--quantities ...] [--repeat R]
+        [--cpu] [--no-buys] [--no-sells]
 
-Each figure is the best of R repeats of a timeit loop long enough to take --min-seconds.
+Each figure is the best of R repeats of a timeit loop long enough to take --min-seconds, on
+the wall clock, or with --cpu on the process's CPU time (steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import _paths  # noqa: F401  (first: puts the project root, not bench/, on sys.p
 # isort: split
 import random
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from functools import partial
@@ -21,7 +26,13 @@ from typing import Any
 
 from bench.common import SPLIT_SOURCE, Run, console, make_split, parser, print_table, resolve
 from common.protocol import build_split
-from controller.allocator import allocate, allocate_integral, name_ranks
+from controller.allocator import (
+    allocate,
+    allocate_integral,
+    allocate_sell,
+    allocate_sell_integral,
+    name_ranks,
+)
 
 PRICE_CENTS = 12_345  # $123.45
 
@@ -47,9 +58,13 @@ def book(accounts: int, seed: int = 3) -> dict[str, Any]:
     }
 
 
-def best_per_call(call: Callable[[], object], repeat: int, min_seconds: float) -> float:
-    """Seconds per call: the best of `repeat` timeit loops of at least `min_seconds`."""
-    timer = timeit.Timer(call)
+def best_per_call(
+    call: Callable[[], object], repeat: int, min_seconds: float, cpu: bool = False
+) -> float:
+    """Seconds per call: the best of `repeat` timeit loops of at least `min_seconds`, on the
+    wall clock or (cpu) on this process's CPU time, which other load on the machine barely
+    touches."""
+    timer = timeit.Timer(call, timer=time.process_time if cpu else timeit.default_timer)
     number = 1
     while (elapsed := timer.timeit(number)) < min_seconds:
         number = max(number * 2, int(number * min_seconds / max(elapsed, 1e-9) * 1.1))
@@ -60,15 +75,44 @@ def spread_of(times: list[float]) -> float | None:
     return max(times) / min(times) if times else None
 
 
+def sell_book(accounts: int, held: int, seed: int = 5) -> dict[str, Any]:
+    """`book(accounts)` holding about `held` shares of one ticker in all, each account close
+    to its weight of them (within 1%), valued near that holding at the price (within 1%)."""
+    b = book(accounts)
+    rng = random.Random(seed)
+    names, weights = b["names"], b["weights"]
+    holdings = [max(1, round(weights[a] * held * (1 + rng.uniform(-0.01, 0.01)))) for a in names]
+    cents = [round(h * PRICE_CENTS * (1 + rng.uniform(-0.01, 0.01))) for h in holdings]
+    return {
+        **b,
+        "values": {a: c / 100 for a, c in zip(names, cents, strict=True)},
+        "values_units": [c * 10_000 for c in cents],
+        "holdings": holdings,
+        "holdings_map": dict(zip(names, holdings, strict=True)),
+    }
+
+
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1_000, 10_000])
     p.add_argument("--quantities", type=int, nargs="+", default=[1, 10**3, 10**6, 10**9])
     p.add_argument("--repeat", type=int, help="repeats, best taken (7; quick 3)")
     p.add_argument("--min-seconds", type=float, help="per timeit loop (0.2; quick 0.01)")
+    p.add_argument("--cpu", action="store_true", help="time on process CPU time, not wall")
+    p.add_argument("--no-buys", action="store_true", help="time sells only")
+    p.add_argument("--no-sells", action="store_true", help="time buys only")
     args = resolve(p.parse_args(), repeat=(3, 7), min_seconds=(0.01, 0.2))
     run = Run("allocator", args)
-    results: dict[str, Any] = {"runs": []}
+    results: dict[str, Any] = {"runs": [], "sell_runs": []}
+    if not args.no_buys:
+        buys(args, results)
+    if not args.no_sells:
+        sells(args, results)
+    run.finish(results)
+    return 0
+
+
+def buys(args: Any, results: dict[str, Any]) -> None:
     rows, summary = [], []
     for accounts in args.accounts:
         b = book(accounts)
@@ -87,8 +131,8 @@ def main() -> int:
             shares, exact = public_call(), integral_call()
             if sum(shares.values()) != q or exact != [shares[a] for a in b["names"]]:
                 raise RuntimeError(f"allocations of {q} shares differ or do not add up")
-            public = best_per_call(public_call, args.repeat, args.min_seconds)
-            integral = best_per_call(integral_call, args.repeat, args.min_seconds)
+            public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
+            integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
             given = sum(1 for x in exact if x)
             per_q.append((public, integral, given == accounts))
             results["runs"].append(
@@ -124,7 +168,8 @@ def main() -> int:
         results.setdefault("q_spread", []).append(spread)
         summary.append([accounts, *list(spread.values())[1:]])
     print_table(
-        f"Allocator: microseconds per call and calls per second (best of {args.repeat}, gc off)",
+        f"Allocator: microseconds per call and calls per second (best of {args.repeat}, gc off"
+        f"{', CPU time' if args.cpu else ''})",
         [
             "accounts",
             "q",
@@ -151,8 +196,92 @@ def main() -> int:
         summary,
         caption="all given: only the q for which every account gets shares",
     )
-    run.finish(results)
-    return 0
+
+
+def sells(args: Any, results: dict[str, Any]) -> None:
+    """Sells of each quantity, and of everything held but one share per account (most
+    accounts sold out: the bounds bind and the breakpoints are sorted)."""
+    held = 2 * max(args.quantities)
+    rows, summary = [], []
+    for accounts in args.accounts:
+        b = sell_book(accounts, held)
+        total = sum(b["holdings"])
+        per_q = []
+        for q in [*args.quantities, total - accounts]:
+            public_call = partial(
+                allocate_sell, b["values"], b["weights"], b["price"], q, b["holdings_map"]
+            )
+            integral_call = partial(
+                allocate_sell_integral,
+                b["names"],
+                b["values_units"],
+                b["weights_units"],
+                b["price_units"],
+                q,
+                b["holdings"],
+                b["ranks"],
+            )
+            shares, exact = public_call(), integral_call()
+            if sum(shares.values()) != q or exact != [shares[a] for a in b["names"]]:
+                raise RuntimeError(f"sells of {q} shares differ or do not add up")
+            if any(not 0 <= x <= h for x, h in zip(exact, b["holdings"], strict=True)):
+                raise RuntimeError(f"a sell of {q} shares takes more than an account holds")
+            public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
+            integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
+            sellers = sum(1 for x in exact if x)
+            sold_out = sum(1 for x, h in zip(exact, b["holdings"], strict=True) if x == h)
+            if q in args.quantities:
+                per_q.append((public, integral))
+            results["sell_runs"].append(
+                {
+                    "accounts": accounts,
+                    "quantity": q,
+                    "held": total,
+                    "accounts_selling": sellers,
+                    "accounts_sold_out": sold_out,
+                    "allocate_sell_us": public * 1e6,
+                    "allocate_sell_per_s": 1 / public,
+                    "allocate_sell_integral_us": integral * 1e6,
+                    "allocate_sell_integral_per_s": 1 / integral,
+                }
+            )
+            rows.append(
+                [accounts, q, public * 1e6, 1 / public, integral * 1e6, 1 / integral]
+                + [sellers, sold_out]
+            )
+        console.print(f"  {accounts:,} accounts, sells: done")
+        spread = {
+            "accounts": accounts,
+            "allocate_sell": spread_of([t[0] for t in per_q]),
+            "allocate_sell_integral": spread_of([t[1] for t in per_q]),
+        }
+        results.setdefault("sell_q_spread", []).append(spread)
+        summary.append([accounts, *list(spread.values())[1:]])
+    print_table(
+        f"Sells: microseconds per call and calls per second (best of {args.repeat}, gc off"
+        f"{', CPU time' if args.cpu else ''}), "
+        f"about {held:,} shares held",
+        [
+            "accounts",
+            "q",
+            "sell us",
+            "sell /s",
+            "integral us",
+            "integral /s",
+            "accts selling",
+            "sold out",
+        ],
+        rows,
+        caption="the last q of each account count is everything held but one share per "
+        "account (most accounts sold out: the sweep meets every breakpoint); a small q sorts "
+        "the starts and stops early; when every holder sells some and none all, nothing is "
+        "sorted",
+    )
+    print_table(
+        "Do sells depend on q?  max/min over q = " + ", ".join(f"{q:,}" for q in args.quantities),
+        ["accounts", "sell max/min", "integral max/min"],
+        summary,
+    )
 
 
 if __name__ == "__main__":
