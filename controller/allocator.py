@@ -1,7 +1,8 @@
 """The allocation maths: split one fill into whole shares across accounts, exactly.
 
-For a fill of q shares at price p, with book values V_i, total V and target fractions w_i,
-choose whole x_i >= 0 summing to q that minimise
+For a buy of q shares at price p, with values V_i, total V and target fractions w_i,
+choose whole x_i >= 0 summing to q, with x_i = 0 for every account whose target is 0 (an
+account outside the split never buys), that minimise
 
     sum_i (V_i + p*x_i - w_i*(V + p*q))^2
 
@@ -18,9 +19,12 @@ n shares left over to the accounts with the smallest next E. All arithmetic is o
 shares are never created or lost and the result is the exact optimum. Ties go to the
 account whose name sorts first, so the same inputs give the same allocation everywhere.
 
-Accounts with w_i = 0 never receive shares: their first marginal step costs at least as
-much as a whole share above target, while some positive-weight account is always below
-its target until all q shares are placed.
+Accounts with w_i = 0 never receive shares: the rule says so, and when values are not
+negative it costs nothing, since their first marginal step then costs at least as much as a
+whole share above target while some positive-weight account is always below its target
+until all q shares are placed. (Book values can be negative after selling at a profit;
+without the constraint such an account outside the split would buy, which no desk wants.)
+Values may be negative: nothing else in the argument needs signs.
 
 Sells. A sell of q shares at p takes whole s_i with 0 <= s_i <= h_i (h_i: account i's
 holding of the ticker), sum s_i = q, minimising
@@ -93,12 +97,12 @@ def allocate(
 ) -> dict[str, int]:
     """Return the optimal whole-share split of `quantity` shares at `price`.
 
-    `values` maps account -> current book value (>= 0), `weights` maps account -> target
+    `values` maps account -> current value (any sign), `weights` maps account -> target
     fraction (summing to 1 within WEIGHT_SUM_TOLERANCE; normalised exactly). Numbers may be
     int, float, Fraction or Decimal and are used at their exact value. The result has every
     account of `values` or `weights`, zeros included. Raises ValueError on bad arguments.
     """
-    problem = _exact_problem(values, weights, price, quantity, signed=False)
+    problem = _exact_problem(values, weights, price, quantity)
     accounts = problem.accounts
     shares = allocate_integral(
         accounts, problem.values, problem.weights, problem.price, quantity, problem.ranks
@@ -122,7 +126,7 @@ def allocate_sell(
     ValueError on bad arguments, including a sell of more shares than are held in total.
     """
     held = _holdings(holdings)
-    problem = _exact_problem(values, weights, price, quantity, signed=True, also=held.keys())
+    problem = _exact_problem(values, weights, price, quantity, also=held.keys())
     accounts = problem.accounts
     held_list = [held.get(a, 0) for a in accounts]
     total = sum(held_list)
@@ -157,16 +161,16 @@ def _exact_problem(
     weights: Mapping[str, Number],
     price: Number,
     quantity: int,
-    signed: bool,
     also: Iterable[str] = (),
 ) -> _ExactProblem:
     """Check and convert the public arguments exactly; ValueError naming the culprit.
-    `signed` lets values be negative (sells); `also` names more accounts (holders)."""
+    Values may be negative (net cash after selling at a profit); `also` names more
+    accounts (the holders of a sell)."""
     _check_quantity(quantity)
     price_ratio = _exact_ratio("price", price)
     if price_ratio[0] <= 0:
         raise ValueError(f"price must be > 0, got {price!r}")
-    value_ratios = _signed_ratios("value", values) if signed else _ratios("value", values)
+    value_ratios = _signed_ratios("value", values)
     weight_ratios = _ratios("weight", weights)
     accounts = sorted(values.keys() | weights.keys() | set(also))
     zero = (0, 1)

@@ -115,7 +115,7 @@ class Book:
         self.weights = [0] * len(self.accounts)
         for account, weight in zip(split.accounts, split.weights, strict=True):
             self.weights[self._index[account]] = weight
-        if self._forget_empty_accounts() or len(self.accounts) != known:
+        if self._forget_empty_accounts(split) or len(self.accounts) != known:
             self.ranks = name_ranks(self.accounts)  # once per split, not per new account
         self.split = split
         self.splits_applied += 1
@@ -181,16 +181,17 @@ class Book:
         self.fills_allocated += 1
         return Allocated(fill, taken, released)
 
-    def _forget_empty_accounts(self) -> bool:
-        """Drop accounts with no target, no shares and no money: they can take no part in
-        any allocation, so keeping them would only let splits grow memory without bound
+    def _forget_empty_accounts(self, split: Split) -> bool:
+        """Drop accounts outside `split` with no shares and no money: they can take no part
+        in any allocation, so keeping them would only let splits grow memory without bound
         (they stay in the journal and the audit). True if any was dropped."""
+        named = set(split.accounts)
         keep = [
             i
-            for i, (weight, held, value) in enumerate(
-                zip(self.weights, self.positions, self.values, strict=True)
+            for i, (account, held, value) in enumerate(
+                zip(self.accounts, self.positions, self.values, strict=True)
             )
-            if weight or held or value
+            if held or value or account in named
         ]
         if len(keep) == len(self.accounts):
             return False

@@ -11,7 +11,7 @@ which reaches exactly the state the engine had, since allocation is deterministi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from common.protocol import (
     SplitApplied,
     Unreadable,
     decode_input,
+    pack,
+    wire_fill,
 )
 from controller.book import Book
 from controller.deadletter import DeadLetters
@@ -152,10 +154,14 @@ class Engine:
 
     def _apply(self, item: Input) -> None:
         """Apply one input to the book and queue what it means for subscribers."""
+        waiting = self.book.pending  # the fills a split may release (the book swaps it out)
         for decision in self.book.apply(item):
             if type(decision) is Allocated:
                 self._outbox.append(decision)
             elif type(decision) is Rejected:
+                if decision is not item:  # the book refused a fill (an over-sell)
+                    fills = [item] if type(item) is Fill else waiting
+                    self._dead_letter_refused_fill(decision, fills)
                 self._log_rejection(
                     "rejected %s#%d: %s", decision.source, decision.seq, decision.reason
                 )
@@ -204,6 +210,14 @@ class Engine:
                 count,
                 REJECTION_LOG_EVERY,
             )
+
+    def _dead_letter_refused_fill(self, rejected: Rejected, candidates: Iterable[Fill]) -> None:
+        """Dead-letter a fill the book refused (an over-sell), re-encoded as it was sent: a
+        fill released by a split has left the receive path long before."""
+        key = (rejected.source, rejected.seq)
+        fill = next((f for f in candidates if (f.source, f.seq) == key), None)
+        raw = b"" if fill is None else pack(wire_fill(fill))
+        self._dead_letter(raw, rejected.reason, rejected.source, rejected.seq)
 
     def _dead_letter(self, raw: bytes, reason: str, source: str | None, seq: int | None) -> None:
         if self.deadletters is not None:

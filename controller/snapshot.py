@@ -35,13 +35,15 @@ def build_snapshot(
     total_value = sum(book.values)
     targets = book.split.target_percent() if book.split else {}
     prices = book.last_price
+    valued = book.valued()  # weights are measured in the valuation the rule tracks
+    valued_total = sum(valued)
     accounts = {}
     market_total = 0
     for i, account in enumerate(book.accounts):
         held = book.positions[i]
         market = sum(count * prices[t] for t, count in held.items())
         market_total += market
-        weight = 100 * book.values[i] / total_value if total_value else 0.0
+        weight = 100 * valued[i] / valued_total if valued_total else 0.0
         target = targets.get(account, 0.0)
         accounts[account] = AccountRow(
             positions={t: held.get(t, 0) for t in book.tickers},

@@ -116,8 +116,8 @@ def history_from_journal(path: str | Path) -> History:
                         history.split_changes.append(book.fills_allocated - allocated + 1)
                     split = decision.split
             if allocated:
-                history.points.append(
-                    book_point(book.fills_allocated, book.accounts, book.values, split)
+                history.points.append(  # weights in the valuation the journal tracks
+                    book_point(book.fills_allocated, book.accounts, book.valued(), split)
                 )
     except JournalCorrupt as exc:
         raise SourceError(str(exc)) from None

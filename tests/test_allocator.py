@@ -458,8 +458,6 @@ def test_bad_price(price, message):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (-1, "value of account 'a' must be >= 0, got -1"),
-        (-0.01, "value of account 'a' must be >= 0, got -0.01"),
         (float("nan"), "value of account 'a' must be finite, got nan"),
         (float("inf"), "value of account 'a' must be finite, got inf"),
         (Decimal("NaN"), "value of account 'a' must be finite, got Decimal('NaN')"),
@@ -468,7 +466,7 @@ def test_bad_price(price, message):
         (False, "value of account 'a' must be a number, got False"),
     ],
 )
-def test_bad_value(value, message):
+def test_bad_value(value, message):  # negative values are fine (net cash after sells)
     with pytest.raises(ValueError, match=re.escape(message)):
         allocate({"a": value, "b": 50.0}, GOOD_WEIGHTS, 10.0, 10)
 
@@ -507,3 +505,17 @@ def test_weights_just_outside_tolerance_are_rejected():
 def test_bad_account_name(values, weights):
     with pytest.raises(ValueError, match="account names must be non-empty strings, got"):
         allocate(values, weights, 10.0, 10)
+
+
+def test_negative_values_are_allowed_and_accounts_outside_the_split_never_buy():
+    """Net cash can be negative after selling at a profit: an account outside the split
+    (target 0) still never buys, and the rest is the optimum among those that may."""
+    shares = allocate({"a": -495, "b": -495}, {"a": 1.0}, 100, 10)
+    assert shares == {"a": 10, "b": 0}
+    shares = allocate({"a": -1000, "b": 500, "c": 0}, {"a": 0.5, "b": 0.5}, 10, 100)
+    problem = Problem({"a": -1000, "b": 500, "c": 0}, {"a": 0.5, "b": 0.5}, 10, 100)
+    assert shares["c"] == 0
+    best = min(
+        ({"a": x, "b": 100 - x, "c": 0} for x in range(101)), key=problem.objective
+    )
+    assert problem.objective(shares) == problem.objective(best)

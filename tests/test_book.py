@@ -230,12 +230,15 @@ def test_dropped_accounts_get_nothing_more_but_keep_positions():
     assert snapshot["totals"]["positions"] == {"AAPL": 50, "MSFT": 14 * 9, "XOM": 0}
 
 
-def test_zero_percent_account_gets_nothing_and_is_not_kept_while_empty():
+def test_zero_percent_account_exists_but_gets_nothing_and_survives_a_checkpoint():
     book = Book(TICKERS)
     apply_split(book, split({"a": 100, "z": 0}))
     allocation = apply_fill(book, fill("AAPL", "1", 1000))
     assert allocation.shares == {"a": 1000}
-    assert "z" not in snapshot_of(book)["accounts"]  # no target, no shares, no money
+    assert snapshot_of(book)["accounts"]["z"]["positions"] == dict.fromkeys(TICKERS, 0)
+    assert Book.from_state(book.to_state()) == book  # the split still names "z"
+    apply_split(book, split({"a": 100}, seq=2))
+    assert book.accounts == ["a"]  # out of the split with nothing: forgotten
 
 
 def test_splits_naming_ever_new_accounts_do_not_grow_the_book():

@@ -16,7 +16,7 @@ import pytest
 import zmq
 from helpers import FakeClock, Running, collect, python_module, start_controller, wait_for
 
-from common.history import recover
+from common.history import read_steps, recover
 from common.protocol import (
     TOPIC_ALLOCATION,
     TOPIC_POSITIONS,
@@ -398,3 +398,48 @@ def test_dead_letters_stay_within_their_budget(tmp_path):
     assert total < 3 * 64 * 1024
     assert dead.rotations > 0
     assert shutil.disk_usage(tmp_path).free > 0
+
+
+def test_a_dead_letter_that_cannot_be_written_is_counted_never_fatal(tmp_path, monkeypatch):
+    dead = DeadLetters(tmp_path / "dead.jsonl")
+
+    class FullFile:
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = close = lambda self: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+
+        def tell(self) -> int:
+            return 0
+
+    dead._file.close()
+    monkeypatch.setattr(dead, "_file", FullFile())
+    for _ in range(3):
+        dead.write(b"\xc1", "not valid msgpack", None, None)
+    dead.flush()
+    dead.close()
+    assert dead.lost == 5
+
+
+def test_a_split_of_the_most_accounts_with_the_longest_names_is_journaled_and_replayed(
+    tmp_path,
+):
+    """A split at the documented limits is one record the journal reads back (and so is a
+    rejection quoting a huge value: reasons are bounded)."""
+    from common.protocol import MAX_ACCOUNTS, MAX_NAME_LENGTH, MAX_REASON_CHARS
+
+    names = [f"{n:0{MAX_NAME_LENGTH}d}" for n in range(MAX_ACCOUNTS)]
+    engine = write_inputs(
+        tmp_path / "j",
+        split_message("aum", 1, dict.fromkeys(names, 100 / MAX_ACCOUNTS)),
+        split_message("aum", 2, {"a": "x" * 1_500_000}),  # rejected, quoting the value
+        fill("desk", 1, 10_000),
+    )
+    engine.journal.close()
+    recovered = recover(tmp_path / "j", None, TICKERS)
+    assert recovered.book == engine.book and len(recovered.book.accounts) == MAX_ACCOUNTS
+    assert recovered.last_seq == {"aum": 2, "desk": 1}
+    (rejected,) = [
+        step.item for step in read_steps(tmp_path / "j") if type(step.item).__name__ == "Rejected"
+    ]
+    assert len(rejected.reason) <= MAX_REASON_CHARS

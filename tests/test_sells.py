@@ -295,3 +295,26 @@ def test_a_controller_process_allocates_buys_and_sells_exactly(tmp_path):
         running.process.terminate()
         running.wait(30)
         ctx.destroy(linger=0)
+
+
+def test_over_sells_are_dead_lettered_like_every_rejection(tmp_path):
+    """Both the over-sell refused at once and the one refused when a split released it."""
+    import json
+
+    from controller.deadletter import DeadLetters
+    from controller.engine import Engine
+
+    dead = DeadLetters(tmp_path / "dead.jsonl")
+    engine = Engine(Book(TICKERS), deadletters=dead)
+    engine.receive(pack(fill_message("desk", 1, "AAPL", 10.0, 5, "sell")))  # waits
+    engine.receive(pack(split_message("aum", 1, {"a": 100})))  # releases it: refused
+    engine.receive(pack(fill_message("desk", 2, "AAPL", 10.0, 5)))
+    engine.receive(pack(fill_message("desk", 3, "AAPL", 10.5, 50, "sell")))  # refused
+    engine.commit()
+    dead.close()
+    lines = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [(d["source"], d["seq"]) for d in lines] == [("desk", 1), ("desk", 3)]
+    assert "exceeds the 0 held" in lines[0]["reason"]
+    assert "sell of 50 AAPL exceeds the 5 held" in lines[1]["reason"]
+    resent = validate(bytes.fromhex(lines[1]["raw_hex"]), set(TICKERS))
+    assert (resent.side, resent.quantity, resent.price_units) == (SELL, 50, 10_500_000)

@@ -301,6 +301,7 @@ def report(path: str | Path, runs: list[PolicyRun], tickers: list[str]) -> dict[
         "file": str(path),
         "valuation": first.valuation,
         "fills": first.fills,
+        "rejected": first.book.rejected,
         "splits": first.splits,
         "totals": {"shares": shares, "value": sum(first.values().values()) / PRICE_SCALE},
         "policies": {
@@ -319,9 +320,12 @@ def signed_bps(bps: float) -> str:
 def title_of(data: dict[str, Any]) -> str:
     """The table title: file, fills, splits, shares and total value."""
     shares = sum(data["totals"]["shares"].values())
+    rejected = (
+        f" ({data['rejected']:,} sells over what was held, rejected)" if data["rejected"] else ""
+    )
     return (
-        f"Replay of {data['file']}: {data['fills']:,} fills, {data['splits']:,} splits, "
-        f"{shares:,} shares, {data['valuation']} value {data['totals']['value']:,.2f}"
+        f"Replay of {data['file']}: {data['fills']:,} fills{rejected}, {data['splits']:,} "
+        f"splits, {shares:,} shares, {data['valuation']} value {data['totals']['value']:,.2f}"
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.history import Step
-from common.protocol import PRICE_SCALE, Fill, Input, percent_value
+from common.protocol import BUY, PRICE_SCALE, SELL, Fill, Input, percent_value
 from controller.allocator import allocate, allocate_sell
 from controller.book import Book
 from controller.journal import JournalCorrupt, read_checkpoint, read_header, records_start
@@ -31,7 +31,17 @@ from controller.tools.trail import (
 log = logging.getLogger(__name__)
 
 LOCATE_BUDGET = 5_000_000  # fill applications the search for an edited fill may spend
-BLOTTER_KEYS = ("FillSource", "FillSeq", "Symbol", "Quantity", "AvgPx", "AllocAccount", "AllocQty")
+BLOTTER_KEYS = (
+    "FillSource",
+    "FillSeq",
+    "Symbol",
+    "Side",
+    "Quantity",
+    "AvgPx",
+    "AllocAccount",
+    "AllocQty",
+)
+SIDE_OF_FIX = {"1": BUY, "2": SELL}  # FIX tag 54's values
 
 
 # -- verification: allocations -------------------------------------------------------------
@@ -84,6 +94,7 @@ class BlotterFill:
 
     line: int
     symbol: str
+    side: str
     price_units: int
     quantity: int
     shares: dict[str, int] = field(default_factory=dict)
@@ -117,8 +128,12 @@ def add_blotter_row(fills: dict[tuple[str, int], BlotterFill], row: dict, line: 
     price = price_in_units(row["AvgPx"])
     quantity = whole_number("Quantity", row["Quantity"])
     account = row["AllocAccount"]
-    fill = fills.setdefault(key, BlotterFill(line, row["Symbol"], price, quantity))
-    if (fill.symbol, fill.price_units, fill.quantity) != (row["Symbol"], price, quantity):
+    side = SIDE_OF_FIX.get(row["Side"])
+    if side is None:
+        raise ValueError(f"Side must be 1 (buy) or 2 (sell), got {row['Side']!r}")
+    fill = fills.setdefault(key, BlotterFill(line, row["Symbol"], side, price, quantity))
+    said = (fill.symbol, fill.side, fill.price_units, fill.quantity)
+    if said != (row["Symbol"], side, price, quantity):
         raise ValueError(f"fill {key[0]}#{key[1]} differs from its row on line {fill.line}")
     if account in fill.shares:
         raise ValueError(f"account {account!r} appears twice for fill {key[0]}#{key[1]}")
@@ -151,11 +166,12 @@ def blotter_problem(entry: AuditEntry, blotter: dict[tuple[str, int], BlotterFil
     if recorded is None:
         return None
     recorded.seen = True
-    said = (recorded.symbol, recorded.price_units, recorded.quantity)
-    if said != (fill.ticker, fill.price_units, fill.quantity):
+    said = (recorded.symbol, recorded.side, recorded.price_units, recorded.quantity)
+    if said != (fill.ticker, fill.side, fill.price_units, fill.quantity):
         return (
             f"{fill_text(entry.number, fill)}: the blotter (line {recorded.line}) has "
-            f"{recorded.symbol} {recorded.quantity:,} @ {decimal_text(recorded.price_units)}"
+            f"{recorded.side} {recorded.symbol} {recorded.quantity:,} @ "
+            f"{decimal_text(recorded.price_units)}"
         )
     if recorded.shares != entry.shares:
         return (
@@ -256,22 +272,24 @@ def differing_keys(mine: dict, theirs: dict) -> set:
 
 def implied_original(fill: Fill, share_gap: dict[str, int], value_gap: int) -> Fill | None:
     """The fill as it must have been if only it was edited, given how far the replay's share
-    totals per ticker and total book value are from the checkpoint's; None if impossible."""
+    totals per ticker and total book value are from the checkpoint's; None if impossible.
+    A buy adds its shares and cash, a sell takes them away (sign -1)."""
+    sign = -1 if fill.is_sell else 1
     others = share_gap.keys() - {fill.ticker}
     if len(others) > 1:
         return None
     if others:  # its ticker was edited: all its shares moved from the original ticker
         (ticker,) = others
-        if share_gap.get(fill.ticker, 0) != fill.quantity:
+        if share_gap.get(fill.ticker, 0) != sign * fill.quantity:
             return None
-        quantity = -share_gap[ticker]
+        quantity = -sign * share_gap[ticker]
     else:
         ticker = fill.ticker
-        quantity = fill.quantity - share_gap.get(ticker, 0)
-    paid = fill.price_units * fill.quantity - value_gap
+        quantity = fill.quantity - sign * share_gap.get(ticker, 0)
+    paid = fill.price_units * fill.quantity - sign * value_gap
     if quantity < 1 or paid <= 0 or paid % quantity:
         return None
-    original = Fill(fill.source, fill.seq, ticker, paid // quantity, quantity)
+    original = Fill(fill.source, fill.seq, ticker, paid // quantity, quantity, fill.side)
     return None if original == fill else original
 
 
