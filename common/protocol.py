@@ -571,7 +571,7 @@ def _read_identity(body: dict) -> tuple[str, int]:
         if "source" not in body:
             raise Invalid("missing field 'source'")
         source = _text(source) or source
-    _check_name("source", source)
+    source = _check_name("source", source)
     seq = body.get("seq")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         if "seq" not in body:
@@ -581,11 +581,13 @@ def _read_identity(body: dict) -> tuple[str, int]:
     return source, seq
 
 
-def _check_name(what: str, name: Any) -> None:
+def _check_name(what: str, name: Any) -> str:
+    """`name` if it is a usable source or account name; Invalid saying why not."""
     if type(name) is not str or not name:
         raise Invalid(f"{what} must be a non-empty string, got {_shown(name)}")
     if len(name) > MAX_NAME_LENGTH:
         raise Invalid(f"{what} is {len(name)} characters, over the {MAX_NAME_LENGTH} limit")
+    return name
 
 
 def _require(body: dict, field: str) -> Any:
@@ -705,15 +707,23 @@ def _text_accounts(splits: dict) -> dict:
 
 
 def build_split(source: str, seq: int, splits: Any) -> Split:
-    """Validate a map of account -> percent into an exactly normalised Split."""
+    """Validate a map of account -> percent into an exactly normalised Split. Account names
+    sent as bin (UTF-8) are read as text, on the slow path only: after a first failure."""
+    try:
+        return _build_split(source, seq, splits)
+    except Invalid:
+        if not isinstance(splits, dict) or not any(type(a) is bytes for a in splits):
+            raise
+    return _build_split(source, seq, _text_accounts(splits))
+
+
+def _build_split(source: str, seq: int, splits: Any) -> Split:
     if not isinstance(splits, dict):
         raise Invalid(f"splits must be a map of account to percent, got {_shown(splits)}")
     if not splits:
         raise Invalid("splits is empty: at least one account is needed")
     if len(splits) > MAX_ACCOUNTS:
         raise Invalid(f"splits has {len(splits)} accounts, over the {MAX_ACCOUNTS} limit")
-    if any(type(account) is bytes for account in splits):
-        splits = _text_accounts(splits)
     for account, percent in splits.items():
         _check_name("account name", account)
         if type(percent) not in (int, float):
