@@ -24,9 +24,9 @@ COPY controller /src/controller
 COPY fillsim /src/fillsim
 COPY aumsim /src/aumsim
 COPY positions /src/positions
-# The project itself; the build backend leaves the venv with the build.
+# The project itself; then the build backend and pip leave the venv: not needed to run.
 RUN /opt/fillalloc/bin/pip install --no-deps --no-build-isolation /src \
-    && /opt/fillalloc/bin/pip uninstall --yes setuptools
+    && /opt/fillalloc/bin/pip uninstall --yes setuptools pip
 
 FROM ${BASE}
 # A fixed, unprivileged user: files it writes on volumes keep the same owner across images.
@@ -42,8 +42,9 @@ ENV PATH=/opt/fillalloc/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # the directory the journal's named volume is mounted on.
 WORKDIR /var/lib/fillalloc
 USER fillalloc
-# The controller accepts on its inputs; the position server answers on its web view; the
-# simulators have nothing to check (common/health.py says which is which from PID 1).
+# Healthy: the controller once both its sockets are bound, the position server once its
+# web view has a snapshot; the simulators have nothing to check (common/health.py tells
+# which process the container runs from PID 1's command line).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python3", "-m", "common.health"]
 CMD ["controller", "--help"]

@@ -227,7 +227,14 @@ def run(argv: list[str], env: dict[str, str] | None = None, check: bool = True,
         timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """A command's result; on failure, an assertion showing its output."""
     done = subprocess.run(
-        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if check and done.returncode != 0:
         raise AssertionError(
@@ -454,12 +461,12 @@ def test_compose_survives_a_controller_crash_with_nothing_acknowledged_lost(
 
     stack("stop", "--timeout", "10")
     verify = stack(
-        "run", "--rm", "--no-deps", "controller",
+        "run", "--rm", "--no-deps", "-T", "controller",
         "controller", "audit", "--journal", JOURNAL_IN_CONTAINER, "--verify",
     )
     assert "audit verify: OK" in verify.stdout, verify.stdout + verify.stderr
     blotter = stack(
-        "run", "--rm", "--no-deps", "controller",
+        "run", "--rm", "--no-deps", "-T", "controller",
         "controller", "audit", "--journal", JOURNAL_IN_CONTAINER, "--csv",
     )
     journaled = {row["AllocID"] for row in csv.DictReader(io.StringIO(blotter.stdout))}
