@@ -43,12 +43,14 @@ BASE_SCRIPT = ROOT / ".ci" / "docker-base"
 COMPOSE_TOML = ROOT / "examples" / "compose.toml"
 COMPOSE_CURVE_TOML = ROOT / "examples" / "compose-curve.toml"
 IMAGE = "fillalloc-test:latest"
+BASE_IMAGE = "fillalloc-base:bookworm"  # what .ci/docker-base makes
 CONFIG_IN_CONTAINER = "/etc/fillalloc/config.toml"
 JOURNAL_IN_CONTAINER = "data/controller.journal"
 FILLS_BEFORE_KILL = 30  # allocated fills to see before the controller is killed
 FILLS_AFTER_RESTART = 10  # more fills to see allocated by the restarted controller
 UP_DEADLINE = 180.0  # seconds for the first snapshot with fills (includes container start)
 RESTART_DEADLINE = 120.0
+PROBE_TIMEOUT = 60  # seconds for `docker info` and the like
 COMMAND_TIMEOUT = 900  # seconds for one docker command (a cold build installs from PyPI)
 POLL = 0.5
 #: The controller's start-up line saying what it recovered (controller/cli.py).
@@ -246,7 +248,8 @@ def run(argv: list[str], env: dict[str, str] | None = None, check: bool = True,
 
 def compose_command() -> list[str] | None:
     """`docker compose` (v2) if the engine's client has it, else `docker-compose` (v1)."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    probe = ["docker", "compose", "version"]
+    if subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT).returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -257,7 +260,7 @@ def docker_missing() -> str | None:
     """Why the system test cannot run here, or None."""
     if shutil.which("docker") is None:
         return "no docker client (.ci/run installs Debian's docker.io as root)"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=PROBE_TIMEOUT).returncode:
         return "no Docker engine answers (.ci/run starts dockerd as root)"
     if compose_command() is None:
         return "no compose client (docker compose or docker-compose)"
@@ -269,7 +272,7 @@ def base_image() -> str:
     if os.environ.get("FILLALLOC_BASE"):
         return os.environ["FILLALLOC_BASE"]
     exists = subprocess.run(
-        ["docker", "image", "inspect", "fillalloc-base:bookworm"], capture_output=True
+        ["docker", "image", "inspect", BASE_IMAGE], capture_output=True, timeout=PROBE_TIMEOUT
     )
     if exists.returncode != 0 and (os.geteuid() != 0 or shutil.which("debootstrap") is None):
         pytest.skip("no base image and cannot make one (.ci/docker-base needs root and "
