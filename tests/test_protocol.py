@@ -808,3 +808,15 @@ def test_unreadable_reasons_are_documented(raw):
 def test_the_plain_sentence_check_catches_python_reprs():
     for repr_reason in ("got NoneType None", "got b'raw'", "got str 'x'", "got bool True"):
         assert PYTHON_REPRS.search(QUOTED.sub("", repr_reason)), repr_reason
+
+
+def test_a_long_quoted_value_is_cut_as_the_doc_says():
+    from common.protocol import MAX_REASON_CHARS, Rejected, decode_input
+
+    item = decode_input(pack(fill_body(ticker="Z" * 2000)), TICKERS)
+    assert type(item) is Rejected
+    assert len(item.reason) == MAX_REASON_CHARS
+    assert item.reason.startswith("unknown ticker 'ZZZ")
+    full = f"unknown ticker '{'Z' * 2000}' (not in the universe of {len(TICKERS)})"
+    assert item.reason.endswith(f"... ({len(full):,} characters in all)")
+    assert any(p.match(item.reason) for p in documented_reasons())
