@@ -200,7 +200,8 @@ class Ledger:
         else:
             assert type(item) is Rejected
             if not body.get(INVALID_MARK):
-                self.fail(f"journal rejects {item.source}#{item.seq}, a valid message: {item.reason}")
+                self.fail(f"journal rejects {item.source}#{item.seq}, a valid message: "
+                          f"{item.reason}")
 
     def _allocate(self, fill: Any) -> None:
         held = self.totals.get(fill.ticker, 0)

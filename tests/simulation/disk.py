@@ -4,7 +4,7 @@ Storage is a real directory (what reads see: the page cache), so the production 
 (`common.history`, `read_records`, `read_checkpoint`) runs untouched. Only the calls that
 reach the device go through `SimOs`, which stands in for the `os` module inside
 `controller.journal`: `write` (latency, EIO, a full disk, a crash half-way through) and
-`fsync` (latency, EIO, a crash before it). The disk keeps, per file, the image that is
+`fsync` (latency, EIO, a crash before it), `ftruncate` and `replace`. The disk keeps, per file, the image that is
 durable: what the last successful fsync made so.
 
 - A process crash keeps the page cache (the files as they are).
@@ -37,7 +37,7 @@ class DiskFaults:
     fsync_latency: float = 0.0005
     write_error: float = 0.0  # EIO on a write
     fsync_error: float = 0.0  # EIO on an fsync
-    crash_in_write: float = 0.0  # the machine dies half-way through a write
+    crash_in_write: float = 0.0  # the process or machine dies half-way through a write
     crash_before_fsync: float = 0.0  # ... or after the write, before its fsync
 
 
@@ -89,7 +89,8 @@ class SimDisk:
         faults, rng = self.faults, self.rng
         if rng.random() < faults.crash_in_write:
             os.write(fd, data[: rng.randrange(len(data) + 1)])
-            raise SimCrash("crash in the middle of a journal write")
+            power_cut = rng.random() < 0.5
+            raise SimCrash("crash in the middle of a journal write", power_cut)
         if rng.random() < faults.write_error:
             self.counts.write_errors += 1
             raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -109,7 +110,8 @@ class SimDisk:
         self.scheduler.advance(self.faults.fsync_latency)
         faults, rng = self.faults, self.rng
         if rng.random() < faults.crash_before_fsync:
-            raise SimCrash("crash between a journal write and its fsync")
+            power_cut = rng.random() < 0.5
+            raise SimCrash("crash between a journal write and its fsync", power_cut)
         old = self.durable.get(path, b"")
         if rng.random() < faults.fsync_error:
             self.counts.fsync_errors += 1
@@ -122,6 +124,12 @@ class SimDisk:
             for i in range(start, min(end, len(image))):
                 image[i] = old[i] if i < len(old) else 0
         self.durable[path] = bytes(image)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """Cutting a file back also ends what a failed fsync lost beyond the cut."""
+        os.ftruncate(fd, length)
+        if self._mine(fd) is not None:
+            self.settle()
 
     def replace(self, src: Any, dst: Any) -> None:
         os.replace(src, dst)
@@ -187,6 +195,9 @@ class SimOs:
 
     def fsync(self, fd: int) -> None:
         self._disk.fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self._disk.ftruncate(fd, length)
 
     def replace(self, src: Any, dst: Any) -> None:
         self._disk.replace(src, dst)

@@ -18,15 +18,27 @@ class Violation(AssertionError):
     """An invariant broke; the message names the seed, the step and the simulated time."""
 
 
-class SimCrash(BaseException):  # noqa: N818 (it is a crash, not an error to handle)
+class SimCrash(BaseException):  # noqa: N818 (a crash, not an error to handle)
     """The simulated machine dies here: unwinds through production code, which must not
-    catch it (a BaseException passes every `except Exception`/`except OSError`)."""
+    catch it (a BaseException passes every `except Exception`/`except OSError`).
+    `power_cut`: the machine loses its page cache too; else only the process dies."""
+
+    def __init__(self, why: str, power_cut: bool = True) -> None:
+        super().__init__(why)
+        self.power_cut = power_cut
 
 
 def stable_rng(*parts: object) -> random.Random:
     """A random stream that depends only on `parts` (never on Python's hash seed)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
     return random.Random(int.from_bytes(digest, "big"))
+
+
+def uniforms(*parts: object) -> list[float]:
+    """Eight numbers in [0, 1) that depend only on `parts`: cheaper than seeding a Random
+    for each message."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=32).digest()
+    return [int.from_bytes(digest[i : i + 4], "big") / 2**32 for i in range(0, 32, 4)]
 
 
 def content_key(*parts: bytes | str | int) -> str:

@@ -20,10 +20,12 @@ from typing import Any
 import zmq
 
 from controller.service import PUB_HWM
-from simulation.kernel import Scheduler, content_key, stable_rng
+from simulation.kernel import Scheduler, content_key, uniforms
 
 PULL_QUEUE_MAX = 1000  # ZeroMQ's default receive high-water mark
 ENDPOINT = "sim://controller"
+SEEN_MAX = 200_000  # message digests remembered to number repeats
+LONG_DELAY_FACTOR = 50  # a long delay is up to this many times the usual most
 
 
 @dataclass
@@ -31,7 +33,7 @@ class NetFaults:
     """How hostile the network is right now (the quiet phase sets it all to zero)."""
 
     delay_max: float = 0.01
-    long_delay: float = 0.0  # chance of a delay up to 50 x delay_max (reordering)
+    long_delay: float = 0.0  # chance of a delay up to LONG_DELAY_FACTOR x delay_max
     drop: float = 0.0
     duplicate: float = 0.0
 
@@ -104,24 +106,26 @@ class Network:
 
     # -- fates -----------------------------------------------------------------------------
     def fate(self, link: str, payload: bytes) -> tuple[list[float], str]:
-        """Delays for each copy delivered ([] if dropped) and the ordering key."""
+        """Delays for each copy delivered ([] if dropped) and the ordering key: drawn from
+        a digest of the seed, the link, the message and how often it was sent before."""
         key = content_key(link, payload)
         occurrence = self._seen.get((link, key), 0)
         self._seen[(link, key)] = occurrence + 1
-        if len(self._seen) > 200_000:  # bounded: only repeats within a window matter
+        if len(self._seen) > SEEN_MAX:  # bounded: only repeats within a window matter
             self._seen.clear()
-        rng = stable_rng(self.seed, link, key, occurrence)
+        rolls = iter(uniforms(self.seed, key, occurrence))
         faults = self.faults
         self.counts.sent += 1
-        if rng.random() < faults.drop:
+        if next(rolls) < faults.drop:
             self.counts.dropped += 1
             return [], key
-        copies = 2 if rng.random() < faults.duplicate else 1
+        copies = 2 if next(rolls) < faults.duplicate else 1
         self.counts.duplicated += copies - 1
         delays = []
         for _ in range(copies):
-            spread = faults.delay_max * (50 if rng.random() < faults.long_delay else 1)
-            delays.append(rng.uniform(0.0, spread))
+            spread = faults.delay_max * (LONG_DELAY_FACTOR if next(rolls) < faults.long_delay
+                                         else 1)
+            delays.append(next(rolls) * spread)
         return delays, f"{key}{occurrence}"
 
     def push(self, node: str, raw: bytes) -> None:

@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 import common.sender as sender_module
 import controller.service as service_module
 from aumsim.splits import account_names, drifted_split, random_split
 from common.history import read_steps, recover
-from common.protocol import RULES_VERSION, fill_message, split_message, unpack
+from common.protocol import RULES_VERSION, TOPIC_POSITIONS, fill_message, split_message, unpack
 from common.sender import ReliableSender
 from controller.book import Book
 from controller.engine import Engine
@@ -43,10 +45,12 @@ log = logging.getLogger(__name__)
 TICKERS = ("AAPL", "MSFT", "NVDA", "XOM")
 EPOCH = 1_800_000_000.0  # the simulated wall clock starts here
 BIG_DISK = 1 << 40
+FAST_DISK = Path("/dev/shm")  # memory-backed storage for the simulated disk, if any
 PUMP_EVERY = 0.5  # seconds between a sender's timer pumps (its resend timer needs them)
 JOURNAL_CHECK_EVERY = 5.0  # seconds between incremental journal-vs-book checks
 QUIET_LIMIT = 900.0  # simulated seconds the quiet phase may take before liveness fails
 STEP_WINDOW = 0.001  # arrivals within this share one controller batch
+WATCHER_MEMORY = 1000  # published snapshots kept to compare with what the watcher reads
 
 
 @dataclass
@@ -279,8 +283,9 @@ class Run:
             sender = node.sender
             if sender is not None and sender.pending > sender.outbox_max:
                 self.fail(f"{sender.source} keeps {sender.pending} messages, over its bound")
-        if service is None:
+        if service is None or not self.controller.changed:
             return
+        self.controller.changed = False
         engine = service.engine
         last_seq = engine.sequencer.last_seq
         for source, acked in self.acked_high.items():
@@ -297,12 +302,13 @@ class Run:
         if journal is not None and journal.buffered_bytes == 0 and not journal.failed:
             size = journal.path.stat().st_size
             if size != journal.offset:
-                self.fail(f"journal is {size} bytes but its writer is at {journal.offset}: "
-                          "part of a batch left on disk")
+                self.fail(f"journal is {size} bytes but its writer believes {journal.offset}:"
+                          " what it acknowledges is not what is on disk")
 
     def note_acks(self, source: str, acked: int) -> None:
         if acked > self.acked_high.get(source, 0):
             self.acked_high[source] = acked
+            self.controller.changed = True  # check it against the controller at once
 
     # -- the journal replays to the live book ---------------------------------------------
     def _journal_tick(self) -> None:
@@ -453,6 +459,7 @@ class ControllerNode:
         self.checkers: list[CheckedRule] = []
         self.shadow = self._fresh_shadow()
         self.restart_pending = False
+        self.changed = False  # the service ran since the last continuous check
 
     def certified(self, which: int) -> int:
         return sum(c.checked if which == 0 else c.brute_forced for c in self.checkers)
@@ -505,6 +512,7 @@ class ControllerNode:
         self.timer_at = float("inf")
         run.network.controller_up(service.pull, service.pub)  # type: ignore[arg-type]
         run.network.on_snapshot = self._snapshot_published
+        self.changed = True
         run.check_continuous()  # acknowledged inputs survived the restart?
         run.check_journal()
         self._schedule_timer()
@@ -529,10 +537,11 @@ class ControllerNode:
         if generation != self.generation or service is None:
             return
         self.step_pending = False
+        self.changed = True
         try:
             service.step(0)
         except SimCrash as crash:
-            self._down(str(crash), power_cut=True)
+            self._down(str(crash), crash.power_cut)
             return
         if service.failure is not None:
             self._exit(f"fail-stop ({service.failure})")
@@ -563,7 +572,7 @@ class ControllerNode:
             try:
                 service.close()
             except SimCrash as crash:
-                self._down(str(crash), power_cut=True)
+                self._down(str(crash), crash.power_cut)
                 return
             self._exit(why)
         else:
@@ -635,6 +644,7 @@ class ControllerNode:
         service = self.service
         if service is None:
             return
+        self.run.watcher.note_published(payload)
         book = service.engine.book
         body = unpack(payload)
         shown = {a: {t: n for t, n in row["positions"].items() if n}
@@ -695,10 +705,8 @@ class SenderNode:
         return self.sender is not None and self.sender.pending == 0
 
     def _next_message(self, session: int, gap: float, first: bool = False) -> None:
-        if self.name == "aum":
-            delay = 0.5 if first else gap
-        else:
-            delay = self.rng.expovariate(1 / gap)
+        aum = self.name == "aum"
+        delay = (0.5 if first else gap) if aum else self.rng.expovariate(1 / gap)
         self.run.scheduler.after(delay, lambda: self._send(session, gap))
 
     def _send(self, session: int, gap: float) -> None:
@@ -733,29 +741,39 @@ class SenderNode:
 
 
 class Watcher:
-    """The position watcher: a subscriber to snapshots, perhaps slow, perhaps never reading."""
+    """The position watcher: a subscriber to snapshots, perhaps slow, perhaps never reading.
+    Whatever it reads must be a snapshot exactly as the controller published it (the
+    network may delay, drop, repeat or reorder them, never alter them)."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.sub: FakeSub | None = None
-        self.last_seen: dict[str, int] = {}
+        self.published: dict[tuple[str, int], bytes] = {}
+        self.read = 0
 
     def start(self) -> None:
         self.sub = FakeSub(self.run.network, "watcher", lambda: None)
-        self.sub.setsockopt(__import__("zmq").SUBSCRIBE, b"positions")
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_POSITIONS)
         every = self.run.options.watcher_read_every
         if every != float("inf"):
             self.run.scheduler.after(every, self._read)
+
+    def note_published(self, payload: bytes) -> None:
+        body = unpack(payload)
+        if len(self.published) >= WATCHER_MEMORY:
+            self.published.pop(next(iter(self.published)))
+        self.published[(body["instance"], body["seq"])] = payload
 
     def _read(self) -> None:
         assert self.sub is not None
         while self.sub.inbox:
             _, payload = self.sub.recv_multipart()
             body = unpack(payload)
-            instance, seq = body["instance"], body["seq"]
-            if seq <= self.last_seen.get(instance, 0):
-                self.run.fail(f"snapshot {instance}#{seq} came after #{self.last_seen[instance]}")
-            self.last_seen[instance] = seq
+            key = (body["instance"], body["seq"])
+            original = self.published.get(key)
+            if original is not None and original != payload:
+                self.run.fail(f"the watcher read snapshot {key} unlike the one published")
+            self.read += 1
         self.run.scheduler.after(self.run.options.watcher_read_every, self._read)
 
 
@@ -787,6 +805,8 @@ def run_seed(seed: int, minutes: float = 10.0, directory: Path | None = None,
     options = Options.from_seed(seed, minutes)
     if announce is not None:
         announce(f"seed {seed}: {options.describe()}")
+    if directory is None and FAST_DISK.is_dir():
+        directory = FAST_DISK
     with tempfile.TemporaryDirectory(prefix=f"sim-{seed}-", dir=directory) as tmp:
         run = Run(options, Path(tmp) / "disk")
         with simulated_process(run):

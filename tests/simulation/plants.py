@@ -1,0 +1,97 @@
+"""Bugs planted on purpose, one at a time, to show the simulator catches each (never
+committed into production code: each is a patch that lives only inside `planted`).
+
+- `ack-before-fsync`: a batch's fsync is put off to the next commit, so acks go out first.
+- `retried-fsync`: a failed fsync is tried again, and its success believed.
+- `skipped-duplicate-check`: the sequencer lets the last applied seq of a source in again.
+- `sell-may-go-short`: sells are split by target alone, ignoring what each account holds.
+- `failed-fsync-left-in-cache`: the real bug the simulator found (fixed in 02b37a2): after a
+  failed fsync the batch stays in the page cache, for a restarted controller to read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from controller import allocator, book, journal, sequencer
+
+
+def _ack_before_fsync() -> list[tuple[Any, str, Any]]:
+    def commit(self: journal.JournalWriter) -> int:
+        self._check_alive()
+        if self._unsynced:
+            self.sync()  # the previous batch, already acknowledged
+        if self._buffer:
+            self._write_batch()
+        return self.offset
+
+    return [(journal.JournalWriter, "commit", commit)]
+
+
+def _retried_fsync() -> list[tuple[Any, str, Any]]:
+    real_sync = journal.JournalWriter.sync
+
+    def sync(self: journal.JournalWriter) -> None:
+        try:
+            real_sync(self)
+        except journal.JournalFailed:
+            self.failed = False
+            real_sync(self)
+
+    return [(journal.JournalWriter, "sync", sync)]
+
+
+def _skipped_duplicate_check() -> list[tuple[Any, str, Any]]:
+    real_offer = sequencer.Sequencer.offer
+
+    def offer(self: sequencer.Sequencer, source: str, seq: int, item: Any) -> Any:
+        if seq == self.last_seq.get(source, 0):
+            return [item]
+        return real_offer(self, source, seq, item)
+
+    return [(sequencer.Sequencer, "offer", offer)]
+
+
+def _sell_may_go_short() -> list[tuple[Any, str, Any]]:
+    def sell(accounts, values, weights, price, quantity, holdings, ranks):  # noqa: ANN001
+        return allocator.allocate_integral(accounts, values, [w + 1 for w in weights], price,
+                                           quantity, ranks)
+
+    real_rule = book.exact_rule
+
+    def exact_rule() -> book.Rule:
+        return book.Rule("exact", real_rule().buy, sell)
+
+    return [(book, "exact_rule", exact_rule)]
+
+
+def _failed_fsync_left_in_cache() -> list[tuple[Any, str, Any]]:
+    def keep(self: journal.JournalWriter) -> None:
+        return None
+
+    return [(journal.JournalWriter, "_cut_unsynced", keep)]
+
+
+PLANTS = {
+    "ack-before-fsync": _ack_before_fsync,
+    "retried-fsync": _retried_fsync,
+    "skipped-duplicate-check": _skipped_duplicate_check,
+    "sell-may-go-short": _sell_may_go_short,
+    "failed-fsync-left-in-cache": _failed_fsync_left_in_cache,
+}
+
+
+@contextmanager
+def planted(name: str | None) -> Iterator[None]:
+    """Run with the named bug planted (none for None); the patch is undone on exit."""
+    patches = PLANTS[name]() if name else []
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+    try:
+        for owner, attr, replacement in patches:
+            setattr(owner, attr, replacement)
+        yield
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
