@@ -33,12 +33,13 @@ FIXED_SEEDS = (0, 1, 2, 3, 4, 6, 9, 10, 11, 12, 17, 18, 20, 24, 26, 27, 28)
 #: Each planted bug and the seed that catches it (docs/architecture.md has the times).
 CAUGHT_BY = {
     "ack-before-fsync": 1,
-    "retried-fsync": 10,
+    "retried-fsync": 12,
     "skipped-duplicate-check": 0,
     "sell-may-go-short": 0,
     "failed-fsync-left-in-cache": 31,
 }
-FAULTS = ("power_cuts", "torn", "fsync_errors", "write_errors", "full", "corrupted")
+FAULTS = ("power_cuts", "torn", "fsync_errors", "write_errors", "full", "corrupted",
+          "bad_checkpoints")
 NET_FAULTS = ("dropped", "duplicated", "overflowed")
 HEADER = JournalHeader("0" * 32, RULES_VERSION, "book", "test")
 

@@ -3,9 +3,9 @@
 Storage is a real directory (what reads see: the page cache), so the production read side
 (`common.history`, `read_records`, `read_checkpoint`) runs untouched. Only the calls that
 reach the device go through `SimOs`, which stands in for the `os` module inside
-`controller.journal`: `write` (latency, EIO, a full disk, a crash half-way through) and
-`fsync` (latency, EIO, a crash before it), `ftruncate` and `replace`. The disk keeps, per file, the image that is
-durable: what the last successful fsync made so.
+`controller.journal`: `write` (EIO, a full disk, a crash half-way through), `fsync`
+(latency, EIO, a crash before it), `ftruncate` and `replace`. The disk keeps, per file,
+the image that is durable: what the last successful fsync made so.
 
 - A process crash keeps the page cache (the files as they are).
 - A machine crash (power cut) puts back each durable image, plus a torn prefix of what was
@@ -51,6 +51,7 @@ class DiskCounts:
     torn: int = 0
     power_cuts: int = 0
     corrupted: int = 0
+    bad_checkpoints: int = 0  # damaged or foreign checkpoints left for a restart
 
 
 class SimDisk:

@@ -30,9 +30,15 @@ from aumsim.splits import account_names, drifted_split, random_split
 from common.history import read_steps, recover
 from common.protocol import RULES_VERSION, TOPIC_POSITIONS, fill_message, split_message, unpack
 from common.sender import ReliableSender
-from controller.book import Book
+from controller.book import BOOK, MARKET, Book
 from controller.engine import Engine
-from controller.journal import JournalCorrupt, JournalHeader, JournalWriter, read_records
+from controller.journal import (
+    JournalCorrupt,
+    JournalHeader,
+    JournalWriter,
+    read_records,
+    write_checkpoint,
+)
 from controller.sequencer import MAX_HELD_TOTAL
 from controller.service import ControllerService
 from simulation.checks import INVALID_MARK, CheckedRule, Ledger
@@ -87,6 +93,8 @@ class Options:
     crash_before_fsync: float
     fsync_latency: float
     watcher_read_every: float  # inf: a subscriber that never reads
+    valuation: str
+    bad_checkpoint_share: float  # of controller stops: a damaged or foreign checkpoint
 
     @classmethod
     def from_seed(cls, seed: int, minutes: float) -> Options:
@@ -129,6 +137,8 @@ class Options:
             crash_before_fsync=maybe(0.4, 0.0, 0.003),
             fsync_latency=often(0.0, 0.01),
             watcher_read_every=rng.choice([0.1, 1.0, 30.0, float("inf")]),
+            valuation=rng.choice([BOOK, MARKET]),
+            bad_checkpoint_share=maybe(0.4, 0.05, 0.3),
         )
 
     def describe(self) -> str:
@@ -409,6 +419,8 @@ class Run:
             self.controller.stop("a kill")
         if rng.random() < opts.corrupt_share:
             self.controller.corrupt_middle()
+        if rng.random() < opts.bad_checkpoint_share:
+            self.controller.spoil_checkpoint()
 
     def _partition(self) -> None:
         nodes = [n.name for n in self.senders] + ["watcher"]
@@ -465,7 +477,8 @@ class ControllerNode:
         return sum(c.checked if which == 0 else c.brute_forced for c in self.checkers)
 
     def _fresh_shadow(self) -> Shadow:
-        return Shadow(Book(TICKERS), Ledger(self.run.sent, self.run.fail))
+        book = Book(TICKERS, valuation=self.run.options.valuation)
+        return Shadow(book, Ledger(self.run.sent, self.run.fail))
 
     def _checked(self, engine: Engine) -> Engine:
         checker = CheckedRule(engine.book.rule, self.run.fail)
@@ -474,7 +487,8 @@ class ControllerNode:
         return engine
 
     def _recovered(self, journal: JournalWriter | None) -> Engine:
-        state = recover(self.journal_path, self.checkpoint_path, TICKERS)
+        state = recover(self.journal_path, self.checkpoint_path, TICKERS,
+                        self.run.options.valuation)
         return self._checked(Engine.from_recovered(state, journal))
 
     def start(self) -> None:
@@ -486,7 +500,8 @@ class ControllerNode:
             engine = self._recovered(None)
         except JournalCorrupt as exc:
             run.fail(f"the controller cannot start: {exc}")
-        header = JournalHeader(self.journal_id, RULES_VERSION, "book", "simulated")
+        header = JournalHeader(self.journal_id, RULES_VERSION, run.options.valuation,
+                               "simulated")
         engine.journal = JournalWriter(self.journal_path, header=header)
         journal = engine.journal
         self.generation += 1
@@ -623,6 +638,23 @@ class ControllerNode:
         self.run.disk.flip_byte(self.journal_path, offset)
         self.corruption = (offset, start)
 
+    def spoil_checkpoint(self) -> None:
+        """While it is down, leave a damaged checkpoint, or one of another journal (with a
+        state that is not this journal's): recovery must not apply either; the journal
+        check at start shows whether it did."""
+        path, disk = self.checkpoint_path, self.run.disk
+        if self.service is not None:
+            return
+        if path.exists() and path.stat().st_size > 20 and self.run.rng.random() < 0.5:
+            disk.flip_byte(path, self.run.rng.randrange(12, path.stat().st_size))
+            disk.counts.corrupted -= 1
+            disk.counts.bad_checkpoints += 1
+            return
+        stranger = Book(TICKERS, valuation=self.run.options.valuation)
+        state = {"book": stranger.to_state(), "last_seq": {"stranger@1": 1}}
+        write_checkpoint(path, "f" * 32, 0, state)
+        disk.counts.bad_checkpoints += 1
+
     def _check_corruption_found(self) -> None:
         """Recovery must refuse the damaged journal, naming the damaged record's offset;
         then the operator puts the byte back (from a replica) and the start goes on."""
@@ -630,7 +662,8 @@ class ControllerNode:
         offset, start = self.corruption
         self.corruption = None
         try:
-            recover(self.journal_path, None, TICKERS, repair=False)
+            recover(self.journal_path, None, TICKERS, self.run.options.valuation,
+                    repair=False)
         except JournalCorrupt as exc:
             if f"offset {start}" not in str(exc):
                 self.run.fail(f"damage at byte {offset} reported elsewhere: {exc}")
