@@ -27,9 +27,9 @@ from controller.journal import JournalFailed, JournalHeader, JournalWriter
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "simulation" / "run.py"
 MINUTES = 10.0  # simulated minutes of faults per seed
-#: Chosen so that together they inject every kind of fault (checked below); about half a
-#: minute on one core.
-FIXED_SEEDS = (0, 1, 2, 3, 4, 6, 9, 10, 11, 12, 17, 18, 20, 24, 26, 27, 28)
+#: Together they inject every kind of fault (checked below); about half a minute on one
+#: core. Seed 13 alone would take a third of that (a flood held back by a full disk).
+FIXED_SEEDS = tuple(seed for seed in range(30) if seed != 13)
 #: Each planted bug and the seed that catches it (docs/architecture.md has the times).
 CAUGHT_BY = {
     "ack-before-fsync": 1,

@@ -91,8 +91,9 @@ def _objective(values, weights, price, quantity, shares, sign: int) -> Fraction:
     total_w = sum(weights)
     target_total = sum(values) + sign * price * quantity
     return sum(
-        (Fraction(v + sign * price * x) - Fraction(w * target_total, total_w)) ** 2
-        for v, w, x in zip(values, weights, shares, strict=True)
+        ((Fraction(v + sign * price * x) - Fraction(w * target_total, total_w)) ** 2
+         for v, w, x in zip(values, weights, shares, strict=True)),
+        Fraction(0),
     )
 
 

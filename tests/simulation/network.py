@@ -162,9 +162,13 @@ class Network:
                 continue
             delays, key = self.fate(f"ctl>{sub.node}", topic + frames[1])
             for delay in delays:
-                self.scheduler.after(
-                    delay, lambda s=sub: self._arrive_sub(s, frames, incarnation), key
-                )
+                self.scheduler.after(delay, self._arrival(sub, frames, incarnation), key)
+
+    def _arrival(self, sub: FakeSub, frames: list[bytes], incarnation: int) -> Callable[[], None]:
+        def arrive() -> None:
+            self._arrive_sub(sub, frames, incarnation)
+
+        return arrive
 
     def _note_rejection(self, body: bytes) -> None:
         from common.protocol import unpack
@@ -324,7 +328,9 @@ class FakePoller:
 class FakeContext:
     """A zmq.Context for one node: its sockets live on the simulated network."""
 
-    KINDS = {zmq.PULL: FakePull, zmq.PUB: FakePub, zmq.PUSH: FakePush, zmq.SUB: FakeSub}
+    KINDS: dict[int, type[FakeSocket]] = {
+        zmq.PULL: FakePull, zmq.PUB: FakePub, zmq.PUSH: FakePush, zmq.SUB: FakeSub
+    }
 
     def __init__(self, network: Network, node: str, on_readable: Callable[[], None]) -> None:
         self.network = network

@@ -55,6 +55,7 @@ FAST_DISK = Path("/dev/shm")  # memory-backed storage for the simulated disk, if
 PUMP_EVERY = 0.5  # seconds between a sender's timer pumps (its resend timer needs them)
 JOURNAL_CHECK_EVERY = 5.0  # seconds between incremental journal-vs-book checks
 QUIET_LIMIT = 900.0  # simulated seconds the quiet phase may take before liveness fails
+RESTART_AFTER_FAILED_START = 1.0  # seconds before the launcher tries again
 STEP_WINDOW = 0.001  # arrivals within this share one controller batch
 WATCHER_MEMORY = 1000  # published snapshots kept to compare with what the watcher reads
 
@@ -161,6 +162,8 @@ class Outcome:
     crashes: int
     allocations_checked: int
     brute_forced: int
+    failed_starts: int  # journal could not be opened (I/O error): the launcher retries
+    died_of: list[str] = field(default_factory=list)  # exceptions that ended a controller
     disk: dict[str, int] = field(default_factory=dict)
     net: dict[str, int] = field(default_factory=dict)
 
@@ -169,7 +172,8 @@ class Outcome:
             f"seed {self.seed}: {self.simulated / 3600:.2f} simulated hours in {self.real:.1f} s"
             f" ({self.events} events, {self.events / max(self.real, 1e-9):,.0f}/s);"
             f" {self.fills_sent} messages sent, {self.acked} acknowledged, {self.rejected}"
-            f" rejected; {self.crashes} controller stops; {self.allocations_checked}"
+            f" rejected; {self.crashes} controller stops ({len(self.died_of)} of an exception,"
+            f" {self.failed_starts} failed starts); {self.allocations_checked}"
             f" allocations certified ({self.brute_forced} by brute force);"
             f" disk {self.disk}; net {self.net}; fingerprint {self.fingerprint}"
         )
@@ -249,6 +253,8 @@ class Run:
             crashes=self.controller.stops,
             allocations_checked=self.checked[0] + self.controller.certified(0),
             brute_forced=self.checked[1] + self.controller.certified(1),
+            failed_starts=self.controller.start_failures,
+            died_of=list(self.controller.died_of),
             disk={k: v for k, v in vars(self.disk.counts).items() if v},
             net={k: v for k, v in vars(self.network.counts).items()
                  if isinstance(v, int) and v},
@@ -259,8 +265,8 @@ class Run:
         self.chaos = False
         self.network.faults.drop = self.network.faults.duplicate = 0.0
         self.network.faults.long_delay = 0.0
-        for node in sorted(self.network.cut):
-            self.network.heal(node)
+        for name in sorted(self.network.cut):
+            self.network.heal(name)
         faults = self.disk.faults
         faults.write_error = faults.fsync_error = 0.0
         faults.crash_in_write = faults.crash_before_fsync = 0.0
@@ -472,6 +478,8 @@ class ControllerNode:
         self.shadow = self._fresh_shadow()
         self.restart_pending = False
         self.changed = False  # the service ran since the last continuous check
+        self.start_failures = 0
+        self.died_of: list[str] = []  # exceptions that escaped the service
 
     def certified(self, which: int) -> int:
         return sum(c.checked if which == 0 else c.brute_forced for c in self.checkers)
@@ -496,13 +504,19 @@ class ControllerNode:
         self.restart_pending = False
         if self.corruption is not None:
             self._check_corruption_found()
-        try:
-            engine = self._recovered(None)
-        except JournalCorrupt as exc:
-            run.fail(f"the controller cannot start: {exc}")
         header = JournalHeader(self.journal_id, RULES_VERSION, run.options.valuation,
                                "simulated")
-        engine.journal = JournalWriter(self.journal_path, header=header)
+        try:
+            engine = self._recovered(None)
+            engine.journal = JournalWriter(self.journal_path, header=header)
+        except JournalCorrupt as exc:
+            run.fail(f"the controller cannot start: {exc}")
+        except OSError as exc:  # the CLI exits (code 2) and the launcher starts it again
+            log.info("t=%.3f controller cannot open its journal: %s", run.scheduler.now, exc)
+            self.start_failures += 1
+            self.restart_pending = True
+            run.scheduler.after(RESTART_AFTER_FAILED_START, self.start)
+            return
         journal = engine.journal
         self.generation += 1
         generation = self.generation
@@ -557,6 +571,12 @@ class ControllerNode:
             service.step(0)
         except SimCrash as crash:
             self._down(str(crash), crash.power_cut)
+            return
+        except Violation:
+            raise
+        except Exception as exc:  # the process dies of it; the launcher starts it again
+            self.died_of.append(f"{type(exc).__name__}: {exc}")
+            self._down(f"died of {type(exc).__name__}: {exc}", power_cut=False)
             return
         if service.failure is not None:
             self._exit(f"fail-stop ({service.failure})")
