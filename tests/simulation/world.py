@@ -201,7 +201,6 @@ class Run:
         self.accounts = account_names(options.accounts)
         self.last_split: dict[str, float] | None = None
         self.prices = dict.fromkeys(TICKERS, 100.0)
-        self.checked = [0, 0]
 
     # -- failing -----------------------------------------------------------------------------
     def fail(self, what: str) -> None:
@@ -251,8 +250,8 @@ class Run:
             acked=sum(self.acked_high.values()),
             rejected=len(self.network.counts.rejections),
             crashes=self.controller.stops,
-            allocations_checked=self.checked[0] + self.controller.certified(0),
-            brute_forced=self.checked[1] + self.controller.certified(1),
+            allocations_checked=self.controller.certified(0),
+            brute_forced=self.controller.certified(1),
             failed_starts=self.controller.start_failures,
             died_of=list(self.controller.died_of),
             disk={k: v for k, v in vars(self.disk.counts).items() if v},
@@ -436,7 +435,9 @@ class Run:
                              lambda: self.network.heal(node))
 
     def _crash_sender(self) -> None:
-        node = self.rng.choice(self.senders)
+        """A fill server, the AUM server or the position watcher dies and comes back."""
+        nodes: list[SenderNode | Watcher] = [*self.senders, self.watcher]
+        node = self.rng.choice(nodes)
         node.crash()
         self.scheduler.after(self.rng.uniform(0.1, 10.0), node.start)
 
@@ -803,13 +804,24 @@ class Watcher:
         self.sub: FakeSub | None = None
         self.published: dict[tuple[str, int], bytes] = {}
         self.read = 0
+        self.session = 0
 
     def start(self) -> None:
+        if self.sub is not None:
+            return
+        self.session += 1
+        session = self.session
         self.sub = FakeSub(self.run.network, "watcher", lambda: None)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_POSITIONS)
         every = self.run.options.watcher_read_every
         if every != float("inf"):
-            self.run.scheduler.after(every, self._read)
+            self.run.scheduler.after(every, lambda: self._read(session))
+
+    def crash(self) -> None:
+        """What it had queued is gone with it; a restart subscribes afresh."""
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
 
     def note_published(self, payload: bytes) -> None:
         body = unpack(payload)
@@ -817,8 +829,9 @@ class Watcher:
             self.published.pop(next(iter(self.published)))
         self.published[(body["instance"], body["seq"])] = payload
 
-    def _read(self) -> None:
-        assert self.sub is not None
+    def _read(self, session: int) -> None:
+        if session != self.session or self.sub is None:
+            return
         while self.sub.inbox:
             _, payload = self.sub.recv_multipart()
             body = unpack(payload)
@@ -827,7 +840,8 @@ class Watcher:
             if original is not None and original != payload:
                 self.run.fail(f"the watcher read snapshot {key} unlike the one published")
             self.read += 1
-        self.run.scheduler.after(self.run.options.watcher_read_every, self._read)
+        self.run.scheduler.after(self.run.options.watcher_read_every,
+                                 lambda: self._read(session))
 
 
 @contextmanager
