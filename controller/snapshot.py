@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.protocol import PRICE_SCALE, AccountRow, Snapshot
-from controller.book import Book
+from controller.book import MARKET, Book
 from controller.engine import DeliveryCounts
 
 
@@ -35,24 +35,25 @@ def build_snapshot(
     total_value = sum(book.values)
     targets = book.split.target_percent() if book.split else {}
     prices = book.last_price
-    valued = book.valued()  # weights are measured in the valuation the rule tracks
+    markets = book.market_values()
+    valued = markets if book.valuation == MARKET else book.values  # what the rule tracks
     valued_total = sum(valued)
+    no_shares = dict.fromkeys(book.tickers, 0)
     accounts = {}
-    market_total = 0
     for i, account in enumerate(book.accounts):
-        held = book.positions[i]
-        market = sum(count * prices[t] for t, count in held.items())
-        market_total += market
+        positions = no_shares.copy()
+        positions.update(book.positions[i])
         weight = 100 * valued[i] / valued_total if valued_total else 0.0
         target = targets.get(account, 0.0)
         accounts[account] = AccountRow(
-            positions={t: held.get(t, 0) for t in book.tickers},
+            positions=positions,
             value=book.values[i] / PRICE_SCALE,
-            market_value=market / PRICE_SCALE,
+            market_value=markets[i] / PRICE_SCALE,
             weight=weight,
             target=target,
             deviation=weight - target,
         )
+    market_total = sum(markets)
     split = book.split
     return Snapshot(
         accounts=accounts,
