@@ -42,6 +42,7 @@ PRICE_DECIMALS = 6
 PRICE_SCALE = 10**PRICE_DECIMALS  # prices and values are kept as integer micro-units
 MAX_PRICE = 1_000_000  # per share; anything above is a fat finger
 MAX_QUANTITY = 10_000_000_000  # shares in one fill
+MAX_FLOAT_QUANTITY = 2**24  # a quantity sent as a float: every whole number is exact below
 MAX_SEQ = 2**63 - 1
 MAX_MESSAGE_BYTES = 64 * 1024  # any message but a split
 MAX_SPLIT_MESSAGE_BYTES = 2 * 1024 * 1024  # a split of MAX_ACCOUNTS long names fits
@@ -682,8 +683,14 @@ def _quantity(quantity: Any) -> int:
 
 def _whole(quantity: Any) -> int:
     """The slow path of the quantity check: a float with a whole value (100.0) is that many
-    shares (every whole number up to MAX_QUANTITY is exact in a float); nothing else is."""
+    shares, up to MAX_FLOAT_QUANTITY, below which a 32-bit float holds every whole number
+    exactly (msgpack does not say which width was sent); nothing else is."""
     if type(quantity) is float and math.isfinite(quantity) and quantity.is_integer():
+        if abs(quantity) > MAX_FLOAT_QUANTITY:
+            raise Invalid(
+                f"quantity {quantity:,.0f} sent as a float is over {MAX_FLOAT_QUANTITY:,}, "
+                "where a 32-bit float no longer holds every whole number: send an integer"
+            )
         return int(quantity)
     raise Invalid(f"quantity must be a whole number of shares, got {_shown(quantity)}")
 

@@ -19,10 +19,12 @@ from controller.engine import Engine
 from controller.journal import (
     FSYNC_POLICIES,
     JournalCorrupt,
+    JournalFailed,
     JournalHeader,
     JournalLock,
     JournalLocked,
     JournalWriter,
+    settle,
 )
 from controller.service import ControllerService
 
@@ -143,6 +145,11 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
         state = recover(journal_path, checkpoint_path, args.tickers, args.valuation)
         return Engine.from_recovered(state, journal, dead)
 
+    try:
+        settle(journal_path)  # what recovery reads must be what the disk holds
+    except JournalFailed as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_JOURNAL_FAILED
     try:
         engine = recovered_engine(None, None)
         engine.journal = JournalWriter(

@@ -17,6 +17,7 @@ record with good data after it is corruption, and start-up stops with the offset
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -174,24 +175,12 @@ class JournalWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.failed = False
-        self.offset = os.lseek(self._fd, 0, os.SEEK_END)
-        if self.offset == 0:
-            self.header = header if header is not None else JournalHeader.new("book")
-            start = HEADER + frame(msgpack.packb(self.header.to_map(), use_bin_type=True))
-            os.write(self._fd, start)
-            os.fsync(self._fd)
-            _fsync_dir(self.path.parent)
-            self.offset = len(start)
-        else:
-            existing = read_header(self.path)
-            if existing is None:
-                os.close(self._fd)
-                raise JournalCorrupt(f"{self.path}: the journal header is incomplete")
-            self.header = existing
-            # Recovery read the file through the page cache; a process that died between
-            # a write and its fsync left records there that no disk holds yet. Make them
-            # durable before anything recovered from them can be acknowledged.
-            os.fsync(self._fd)
+        try:
+            self.offset = os.lseek(self._fd, 0, os.SEEK_END)
+            self.header = self._start(header)
+        except BaseException:
+            os.close(self._fd)  # never leak the descriptor of a journal we could not open
+            raise
         self._synced = self.offset  # the end of what a successful fsync made durable
         self._buffer = bytearray()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -203,6 +192,24 @@ class JournalWriter:
 
     def append(self, record: list[Any]) -> None:
         self._buffer += frame(self._packer.pack(record))
+
+    def _start(self, header: JournalHeader | None) -> JournalHeader:
+        """Write the header of a new journal, or read an existing one's and make durable
+        what the file shows (a process that died between a write and its fsync left
+        records in the page cache that recovery has read but no disk holds yet)."""
+        if self.offset == 0:
+            header = header if header is not None else JournalHeader.new("book")
+            start = HEADER + frame(msgpack.packb(header.to_map(), use_bin_type=True))
+            os.write(self._fd, start)
+            os.fsync(self._fd)
+            _fsync_dir(self.path.parent)
+            self.offset = len(start)
+            return header
+        existing = read_header(self.path)
+        if existing is None:
+            raise JournalCorrupt(f"{self.path}: the journal header is incomplete")
+        os.fsync(self._fd)
+        return existing
 
     @property
     def buffered_bytes(self) -> int:
@@ -362,6 +369,29 @@ def read_header(path: str | os.PathLike, repair: bool = False) -> JournalHeader 
     length = RECORD_HEADER.unpack_from(data, 0)[0]
     body = msgpack.unpackb(data[RECORD_HEADER.size : RECORD_HEADER.size + length], raw=False)
     return JournalHeader.from_map(path, body)
+
+
+def settle(path: str | os.PathLike) -> None:
+    """Before recovery reads a journal, make durable what the file shows. If the disk
+    refuses, drop the file's pages from the kernel's cache and fail: after a failed fsync
+    the kernel may go on showing pages it will never write, and it reports the failure
+    only once, so a retried fsync would succeed and trust them. With the pages dropped,
+    the next start reads what the disk really holds (a torn tail is then cut off)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        raise JournalFailed(
+            f"{path}: fsync before recovery failed ({exc}); what the file showed was dropped "
+            "from the cache, so the next start reads what the disk holds"
+        ) from exc
+    finally:
+        os.close(fd)
 
 
 def records_start(path: str | os.PathLike) -> int:

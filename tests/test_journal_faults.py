@@ -443,3 +443,39 @@ def test_a_split_of_the_most_accounts_with_the_longest_names_is_journaled_and_re
         step.item for step in read_steps(tmp_path / "j") if type(step.item).__name__ == "Rejected"
     ]
     assert len(rejected.reason) <= MAX_REASON_CHARS
+
+
+def test_a_failed_fsync_before_recovery_drops_the_cached_pages_and_fails(tmp_path, monkeypatch):
+    """The kernel reports a failed fsync once: a retried start must not trust what the
+    cache shows, so the first failure drops the file's pages before failing the start."""
+    from controller.journal import settle
+
+    write_inputs(tmp_path / "j", split_message("aum", 1, {"a": 100})).journal.close()
+    advised = []
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing_fsync)
+    monkeypatch.setattr(
+        journal_module.os, "posix_fadvise", lambda fd, start, length, advice: advised.append(advice)
+    )
+    with pytest.raises(JournalFailed, match="fsync before recovery failed"):
+        settle(tmp_path / "j")
+    assert advised == [os.POSIX_FADV_DONTNEED]
+    monkeypatch.undo()
+    settle(tmp_path / "j")  # a disk that answers: nothing to say
+    settle(tmp_path / "absent")  # no journal yet: nothing to settle
+
+
+def test_a_writer_that_cannot_open_a_journal_leaves_no_descriptor(tmp_path, monkeypatch):
+    write_inputs(tmp_path / "j", split_message("aum", 1, {"a": 100})).journal.close()
+    before = len(os.listdir("/proc/self/fd"))
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        JournalWriter(tmp_path / "j")
+    assert len(os.listdir("/proc/self/fd")) == before
