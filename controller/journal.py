@@ -314,17 +314,11 @@ def read_records(
     Raises JournalCorrupt (naming the offset) for damage that is not at the very end.
     """
     path = Path(path)
-    if not path.exists():
+    found = _header_record(path, repair)
+    if found is None:
         return
+    base = max(start, found[1])  # only what follows the checkpoint is read
     with open(path, "rb") as handle:
-        preamble = handle.read(len(HEADER))
-        _check_preamble(path, preamble, repair)
-        if len(preamble) < len(HEADER):
-            return
-        first = _header_end(path, handle, repair)
-        if first is None:
-            return
-        base = max(start, first)  # only what follows the checkpoint is read
         handle.seek(base)
         data = handle.read()
     offset, size = 0, len(data)
@@ -348,7 +342,15 @@ def read_records(
 def read_header(path: str | os.PathLike, repair: bool = False) -> JournalHeader | None:
     """The journal's header; None for a journal that is absent, empty or died while its
     header was being written (cut off with `repair`). JournalCorrupt for anything else."""
-    path = Path(path)
+    found = _header_record(Path(path), repair)
+    return None if found is None else found[0]
+
+
+def _header_record(path: Path, repair: bool) -> tuple[JournalHeader, int] | None:
+    """The header and the offset where the records after it begin; None as `read_header`.
+
+    A sound header is read alone (a few dozen bytes); only a damaged one reads on, as far
+    as a record may reach, to tell a torn header from corruption."""
     if not path.exists():
         return None
     with open(path, "rb") as handle:
@@ -356,6 +358,13 @@ def read_header(path: str | os.PathLike, repair: bool = False) -> JournalHeader 
         _check_preamble(path, preamble, repair)
         if len(preamble) < len(HEADER):
             return None
+        data = handle.read(RECORD_HEADER.size)
+        if len(data) == RECORD_HEADER.size:
+            length = RECORD_HEADER.unpack(data)[0]
+            if 0 < length <= MAX_RECORD_BYTES:
+                data += handle.read(length)
+        if _record_problem(data, 0, len(data)) is None:  # the usual case: a sound header
+            return _decoded_header(path, data)
         handle.seek(len(HEADER))
         data = handle.read(RECORD_HEADER.size + MAX_RECORD_BYTES)
     problem = _record_problem(data, 0, len(data))
@@ -366,9 +375,14 @@ def read_header(path: str | os.PathLike, repair: bool = False) -> JournalHeader 
                 _truncate(path, 0, "an incomplete header")
             return None
         raise JournalCorrupt(f"{path}: the journal header is damaged ({problem[1]})")
+    return _decoded_header(path, data)
+
+
+def _decoded_header(path: Path, data: bytes) -> tuple[JournalHeader, int]:
+    """The header in a sound header record at the start of `data`, and where it ends."""
     length = RECORD_HEADER.unpack_from(data, 0)[0]
     body = msgpack.unpackb(data[RECORD_HEADER.size : RECORD_HEADER.size + length], raw=False)
-    return JournalHeader.from_map(path, body)
+    return JournalHeader.from_map(path, body), len(HEADER) + RECORD_HEADER.size + length
 
 
 def settle(path: str | os.PathLike) -> None:
@@ -396,19 +410,8 @@ def settle(path: str | os.PathLike) -> None:
 
 def records_start(path: str | os.PathLike) -> int:
     """Where the first record of a journal begins (the end of its header)."""
-    with open(path, "rb") as handle:
-        end = _header_end(Path(path), handle, repair=False)
-    return len(HEADER) if end is None else end
-
-
-def _header_end(path: Path, handle: Any, repair: bool) -> int | None:
-    """The offset of the first record after the header, or None if the header is torn."""
-    header = read_header(path, repair)
-    if header is None:
-        return None
-    handle.seek(len(HEADER))
-    length = RECORD_HEADER.unpack(handle.read(RECORD_HEADER.size))[0]
-    return len(HEADER) + RECORD_HEADER.size + length
+    found = _header_record(Path(path), repair=False)
+    return len(HEADER) if found is None else found[1]
 
 
 def _check_preamble(path: Path, preamble: bytes, repair: bool) -> None:
