@@ -119,8 +119,8 @@ class Engine:
         elif type(item) is Split:
             kinds = (SPLIT,)
         else:
-            kind = getattr(item, "kind", None)
-            kinds = (kind,) if kind in (FILL, SPLIT) else (FILL, SPLIT)
+            assert isinstance(item, Rejected)
+            kinds = (item.kind,) if item.kind in (FILL, SPLIT) else (FILL, SPLIT)
         reasons = [self.authorize(sender, kind, item.source) for kind in kinds]
         return None if None in reasons else reasons[0]
 

@@ -65,9 +65,8 @@ class ControllerService:
     ) -> None:
         """`rebuild` makes a fresh engine from the journal on disk (after a full disk);
         `free_space` says how many bytes the journal's file system has free."""
-        self.engine = engine
-        if security is not None:
-            engine.authorize = security.check
+        self.security = security
+        self.engine = self._adopt(engine)
         self.rebuild = rebuild
         self.free_space = free_space if free_space is not None else self._journal_free_space
         self.paused_since: float | None = None
@@ -77,7 +76,6 @@ class ControllerService:
         self.source_retire_after = source_retire_after
         started = clock()
         self.last_heard = dict.fromkeys(engine.sequencer.last_seq, started)
-        self.security = security
         self.instance = uuid.uuid4().hex[:12]
         self.clock = clock
         self.wall_clock = wall_clock
@@ -271,9 +269,13 @@ class ControllerService:
             )
         self.paused_since = self.clock()
         self.next_space_check = self.clock() + PAUSE_RETRY_SECONDS
-        self.engine = self.rebuild()
+        self.engine = self._adopt(self.rebuild())
+
+    def _adopt(self, engine: Engine) -> Engine:
+        """`engine`, set to ask the allow-list who may speak for a source (keys in use)."""
         if self.security is not None:
-            self.engine.authorize = self.security.check
+            engine.authorize = self.security.check
+        return engine
 
     def _maybe_resume(self) -> None:
         now = self.clock()
