@@ -212,6 +212,12 @@ class JournalWriter:
         return existing
 
     @property
+    def pending_records(self) -> bytearray:
+        """The framed records appended since the last commit; the engine's compiled path
+        extends it in place with records framed exactly as `append` frames them."""
+        return self._buffer
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes appended since the last commit (what the next commit must write)."""
         return len(self._buffer)
