@@ -11,12 +11,17 @@ events decode with common.protocol.read_event. Kept here, as the tests have no u
 logs in files rather than reader threads in the measuring process, a SIGTERM stop (a clean
 stop writes the checkpoint), a py-spy wrapper, deadlines that fail early when a child dies,
 and raw frames, so that only the snapshots that matter are decoded.
+
+The controller runs its compiled hot path when that is built (controller.native) and its
+pure Python engine otherwise; --engine picks one or both, and the Python engine is forced
+with FILLALLOC_NATIVE=0 in the controller's environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -55,6 +60,9 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 SPLIT_SOURCE = "bench-aum"
 FILL_SOURCE = "bench-fills"
+NATIVE_SWITCH = "FILLALLOC_NATIVE"  # "0" in the controller's environment: pure Python engine
+NATIVE, PYTHON = "native", "python"
+BOTH = "both"
 
 # Wide enough for the tables when the output is a file or a pipe (rich assumes 80 then).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -78,6 +86,44 @@ def resolve(args: argparse.Namespace, **sizes: tuple[Any, Any]) -> argparse.Name
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     return args
+
+
+def native_built() -> bool:
+    """Whether the compiled hot path can run here: controller.native exists and its
+    available() says so (a module without available() does not count)."""
+    try:
+        native = importlib.import_module("controller.native")
+    except ImportError:
+        return False
+    available = getattr(native, "available", None)
+    return callable(available) and bool(available())
+
+
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=[NATIVE, PYTHON, BOTH],
+        help="the controller's engine (default: both when the compiled hot path is built, "
+        "else python)",
+    )
+
+
+def engines(choice: str | None) -> list[str]:
+    """The engines to run for --engine `choice`; exits if it asks for an unbuilt one."""
+    built = native_built()
+    if choice is None:
+        return [NATIVE, PYTHON] if built else [PYTHON]
+    if choice != PYTHON and not built:
+        raise SystemExit(
+            f"--engine {choice}: the compiled hot path is not built here "
+            "(controller.native missing or not available; `pip install -e .` builds it)"
+        )
+    return [NATIVE, PYTHON] if choice == BOTH else [choice]
+
+
+def engine_env(engine: str) -> dict[str, str | None]:
+    """The controller's environment changes for `engine` (None removes a variable)."""
+    return {NATIVE_SWITCH: "0" if engine == PYTHON else None}
 
 
 def machine_info() -> dict[str, Any]:
@@ -261,20 +307,28 @@ class Proc:
         name: str,
         pipe_stdout: bool = False,
         wrapper: Sequence[str] = (),
+        env: dict[str, str | None] | None = None,
     ) -> None:
-        """`wrapper` (e.g. py-spy record ... --) runs the same command under that program."""
+        """`wrapper` (e.g. py-spy record ... --) runs the same command under that program;
+        `env` sets (or, with None, removes) variables of the child's environment."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.spawned = time.perf_counter()
         stdout = subprocess.PIPE if pipe_stdout else self._log
-        if wrapper:  # python_module cannot put a program in front: its command, by hand
+        if wrapper or env:  # python_module takes neither: the same command, by hand
+            environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+            for key, value in (env or {}).items():
+                if value is None:
+                    environment.pop(key, None)
+                else:
+                    environment[key] = value
             self.process = subprocess.Popen(
                 [*wrapper, sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 stdout=stdout,
                 stderr=self._log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+                env=environment,
             )
         else:
             self.process = python_module(module, *args, stdout=stdout, stderr=self._log)
@@ -352,7 +406,9 @@ def endpoint(directory: Path, name: str) -> str:
 
 
 class Controller(Proc):
-    """`python -m controller` on ipc:// endpoints in `directory`, journal there by default."""
+    """`python -m controller` on ipc:// endpoints in `directory`, journal there by default;
+    `engine` None leaves the controller's own choice (native when built), else NATIVE or
+    PYTHON; `fsync_interval` None leaves the controller's default."""
 
     def __init__(
         self,
@@ -363,8 +419,11 @@ class Controller(Proc):
         journal: Path | None = None,
         name: str = "controller",
         wrapper: Sequence[str] = (),
+        engine: str | None = None,
+        fsync_interval: float | None = None,
     ) -> None:
         self.wrapped = bool(wrapper)
+        self.engine = engine
         self._pid: int | None = None
         self.inputs = endpoint(directory, f"{name}-in")
         self.publish = endpoint(directory, f"{name}-pub")
@@ -383,7 +442,10 @@ class Controller(Proc):
             "--checkpoint-interval",
             str(checkpoint_interval),
         ]
-        super().__init__("controller", args, directory, name, wrapper=wrapper)
+        if fsync_interval is not None:
+            args += ["--fsync-interval", str(fsync_interval)]
+        env = engine_env(engine) if engine is not None else None
+        super().__init__("controller", args, directory, name, wrapper=wrapper, env=env)
 
     @property
     def pid(self) -> int:
@@ -477,6 +539,25 @@ def ack_for(source: str, seq: int) -> Callable[[Frames], bool]:
         return body["source"] == source and body["seq"] >= seq
 
     return match
+
+
+def wait_until(
+    sub: zmq.Socket,
+    match: Callable[[Frames], bool],
+    deadline: Deadline,
+    observe: Callable[[list[Frames], float], None] | None = None,
+) -> float:
+    """Wait for an event matching `match`; returns its perf_counter arrival time.
+    `observe(batch, arrived)` sees every drained batch."""
+    while True:
+        if not sub.poll(deadline.ms()):
+            continue
+        arrived = time.perf_counter()
+        batch = drain(sub)
+        if observe is not None:
+            observe(batch, arrived)
+        if any(match(frames) for frames in batch):
+            return arrived
 
 
 def send_until(

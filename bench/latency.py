@@ -1,11 +1,16 @@
 """Latency: from a fill's send to its `allocation` event on a SUB, at a steady 1,000 and
-10,000 fills/s, for the controller (journal with --fsync always) and, measured the same way,
-for a bare forwarder (PUSH -> PULL -> PUB as-is, bench/bare.py).
+10,000 fills/s, for the controller with each journal sync policy (--fsync always: every
+batch fsynced before its events; --fsync interval: fsynced every --fsync-interval seconds)
+and each engine, and, measured the same way just before them at each rate, for a bare relay
+(PUSH -> PULL -> PUB of each message as-is, bench/bare.py).
 
     python bench/latency.py [--quick] [--rates 1000 10000] [--duration SECONDS]
+        [--fsync always interval] [--engine native|python|both]
 
 One process sends (paced on an open-loop schedule, so a slow answer does not slow the
-sender) and subscribes (a second thread); send times are kept by seq.
+sender) and subscribes (a second thread); send times are kept by seq. Each controller is
+fresh (its own journal) and gets its split first. Targets (issue 13), judged at 10,000
+fills/s with --fsync always: p99 <= 1 ms, and p99 within 3x of the relay's p99.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root on sys.path)
 
 # isort: split
+import argparse
 import contextlib
 import ctypes
 import sys
@@ -28,8 +34,10 @@ from bench.common import (
     Controller,
     Deadline,
     Run,
+    add_engine_option,
     connect_with_split,
     console,
+    engines,
     fill_raws,
     parser,
     percentiles,
@@ -44,6 +52,11 @@ POINTS = (50, 90, 99, 99.9, 100)
 LABELS = ("p50", "p90", "p99", "p99.9", "max")
 SWITCH_INTERVAL = 50e-6  # the GIL hand-over between the sender and the receiver thread
 PR_SET_TIMERSLACK = 29
+FSYNC_MODES = ("always", "interval")  # controller.journal.FSYNC_POLICIES
+TARGET_RATE = 10_000  # fills/s at which the targets are judged
+TARGET_FSYNC = "always"
+TARGET_P99_US = 1_000.0
+TARGET_RELAY_RATIO = 3.0  # controller p99 / relay p99, at most
 
 
 def precise_sleep() -> None:
@@ -114,66 +127,142 @@ def paced_run(
     }
 
 
+def measure_controller(
+    client: Client,
+    engine: str,
+    fsync: str,
+    rate: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """A fresh controller (its own journal, split acked first), paced at `rate`."""
+    with (
+        workdir() as directory,
+        Controller(
+            directory,
+            args.snapshot_interval,
+            fsync=fsync,
+            engine=engine,
+            fsync_interval=args.fsync_interval,
+        ) as controller,
+    ):
+        push, sub = connect_with_split(client, controller, args.accounts, TOPIC_ALLOCATION)
+        try:
+            result = paced_run(
+                push, sub, f"latency-{rate}", rate, args.duration, int(rate * args.warmup)
+            )
+            controller.check()
+        finally:
+            push.close(linger=0)
+            sub.close(linger=0)
+    return result
+
+
+def verdicts(rate: int, fsync: str, run: dict[str, Any], ratio: float) -> list[str]:
+    """ "met"/"not met" for p99 <= 1 ms and for p99 within 3x of the relay, where the
+    targets apply (TARGET_RATE, TARGET_FSYNC); a lost fill fails both."""
+    if rate != TARGET_RATE or fsync != TARGET_FSYNC:
+        return ["-", "-"]
+    whole = run["lost"] == 0
+    return [
+        "met" if whole and run["us"]["p99"] <= TARGET_P99_US else "not met",
+        "met" if whole and ratio <= TARGET_RELAY_RATIO else "not met",
+    ]
+
+
 def main() -> int:
     p = parser(__doc__)
-    p.add_argument("--rates", type=int, nargs="+", default=[1_000, 10_000])
+    add_engine_option(p)
+    p.add_argument("--rates", type=int, nargs="+", default=[1_000, TARGET_RATE])
     p.add_argument("--duration", type=float, help="seconds of traffic per rate (5; quick 1)")
     p.add_argument("--warmup", type=float, default=0.2, help="seconds of traffic not counted")
     p.add_argument("--accounts", type=int, default=10)
     p.add_argument("--snapshot-interval", type=float, default=1.0)
-    p.add_argument("--fsync", choices=["always", "interval"], default="always")
+    p.add_argument("--fsync", choices=FSYNC_MODES, nargs="+", default=list(FSYNC_MODES))
+    p.add_argument(
+        "--fsync-interval", type=float, help="seconds, with --fsync interval (the controller's)"
+    )
     args = resolve(p.parse_args(), duration=(1.0, 5.0))
+    chosen = engines(args.engine)
     run = Run("latency", args)
     sys.setswitchinterval(SWITCH_INTERVAL)
     precise_sleep()
-    results: dict[str, Any] = {"runs": []}
+    results: dict[str, Any] = {"engines": chosen, "runs": []}
     rows = []
     with (
         workdir() as directory,
         Bare(directory, "forward") as forwarder,
-        Controller(directory, args.snapshot_interval, fsync=args.fsync) as controller,
         Client() as client,
     ):
         forwarder.wait_ready()
-        bare_push = client.push(forwarder.inputs)
-        bare_sub = client.sub(forwarder.publish, TOPIC_ALLOCATION)
+        relay_push = client.push(forwarder.inputs)
+        relay_sub = client.sub(forwarder.publish, TOPIC_ALLOCATION)
         probe = pack(fill_message("probe", 1, "AAPL", 1.0, 1))
         send_until(
-            bare_push,
-            bare_sub,
+            relay_push,
+            relay_sub,
             probe,
             lambda frames: frames[0] == TOPIC_ALLOCATION,
-            Deadline(30, "the forwarder to echo a probe", [forwarder]),
+            Deadline(30, "the relay to echo a probe", [forwarder]),
         )
-        push, sub = connect_with_split(client, controller, args.accounts, TOPIC_ALLOCATION)
         for rate in args.rates:
             warmup = int(rate * args.warmup)
-            source = f"latency-{rate}"
-            bare = paced_run(bare_push, bare_sub, source, rate, args.duration, warmup)
+            relay = paced_run(relay_push, relay_sub, f"latency-{rate}", rate, args.duration, warmup)
             forwarder.check()
-            ctl = paced_run(push, sub, source, rate, args.duration, warmup)
-            controller.check()
-            results["runs"].append({"rate": rate, "bare": bare, "controller": ctl})
-            for name, r in (("bare forwarder", bare), ("controller", ctl)):
-                rows.append(
-                    [f"{rate:,}/s {name}", *r["us"].values(), r["mean_us"], r["fills"], r["lost"]]
-                )
-            ratios = [c / b for c, b in zip(ctl["us"].values(), bare["us"].values(), strict=True)]
             rows.append(
-                [f"{rate:,}/s controller / bare", *ratios, ctl["mean_us"] / bare["mean_us"]]
+                [f"{rate:,}/s relay", *relay["us"].values(), relay["mean_us"], relay["lost"]]
+                + ["-", "", ""]
             )
-            lateness = max(bare["max_send_lateness_us"], ctl["max_send_lateness_us"])
-            console.print(
-                f"  {rate:,}/s done (sent at {bare['sent_rate']:,.0f} and {ctl['sent_rate']:,.0f}"
-                f"/s; worst send lateness {lateness:,.0f} us)"
-            )
+            lateness = [relay["max_send_lateness_us"]]
+            for engine in chosen:
+                for fsync in args.fsync:
+                    ctl = measure_controller(client, engine, fsync, rate, args)
+                    ratio = ctl["us"]["p99"] / relay["us"]["p99"]
+                    met = verdicts(rate, fsync, ctl, ratio)
+                    results["runs"].append(
+                        {
+                            "rate": rate,
+                            "engine": engine,
+                            "fsync": fsync,
+                            "relay": relay,
+                            "controller": ctl,
+                            "p99_over_relay": ratio,
+                            "p99_target_met": {"met": True, "not met": False}.get(met[0]),
+                            "relay_target_met": {"met": True, "not met": False}.get(met[1]),
+                        }
+                    )
+                    rows.append(
+                        [
+                            f"{rate:,}/s {engine}, fsync {fsync}",
+                            *ctl["us"].values(),
+                            ctl["mean_us"],
+                            ctl["lost"],
+                            ratio,
+                            *met,
+                        ]
+                    )
+                    lateness.append(ctl["max_send_lateness_us"])
+            console.print(f"  {rate:,}/s done (worst send lateness {max(lateness):,.0f} us)")
+    fsync_interval = (
+        "the controller's default"
+        if args.fsync_interval is None
+        else (f"{args.fsync_interval:g} s")
+    )
     print_table(
         f"Latency, fill send -> allocation event on a SUB, microseconds ({args.duration:g} s "
         f"per rate, {args.accounts} accounts)",
-        ["", *(f"{label} us" for label in LABELS), "mean us", "fills", "lost"],
+        [
+            "",
+            *(f"{label} us" for label in LABELS),
+            "mean us",
+            "lost",
+            "p99 / relay p99",
+            f"p99 <= {TARGET_P99_US / 1000:g} ms",
+            f"<= {TARGET_RELAY_RATIO:g}x relay",
+        ],
         rows,
-        caption=f"controller: --fsync {args.fsync}, snapshots every "
-        f"{args.snapshot_interval:g} s; bare: PULL -> PUB of each message as-is; all ipc://",
+        caption=f"targets judged at {TARGET_RATE:,}/s with fsync {TARGET_FSYNC}; fsync interval:"
+        f" {fsync_interval}; snapshots every {args.snapshot_interval:g} s; relay: PULL -> PUB "
+        "of each message as-is, measured just before the controllers at each rate; all ipc://",
     )
     run.finish(results)
     return 0

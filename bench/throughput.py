@@ -1,9 +1,29 @@
-"""Throughput: the bare limit (a PULL that only msgpack-decodes, bench/bare.py), then the real
-controller (journal with --fsync always, snapshots every 0.2 s), with the same sender and the
-same pre-packed fills, for 10, 100 and 1,000 accounts; then where the controller's time goes
-(py-spy on the controller process if installed, else cProfile on an in-process Engine).
+"""Throughput: the controller's sustained fill rate against the bare limit measured just
+before it in the same run (a PULL that only msgpack-decodes, bench/bare.py), at 10, 100,
+1,000 and 10,000 accounts (the split sent as one message), for each engine; then where the
+controller's time goes (py-spy on the controller process if installed, else cProfile on an
+in-process Engine).
 
-    python bench/throughput.py [--quick] [--fills N] [--accounts 10 100 1000]
+    python bench/throughput.py [--quick] [--engine native|python|both]
+        [--accounts 10 100 1000 10000] [--seconds S] [--fills MAX]
+
+What is measured, per accounts and engine: a fresh controller (journal with --fsync always,
+one fill per message, the per-fill allocation events published) gets its split, then a
+warm-up from another source that also sizes the run (batches of growing size until one
+takes --warmup-seconds; the rate it shows times --seconds gives the number of fills, at
+least MIN_FILLS and at most --fills). The timed run is one PUSH sending those fills,
+pre-packed, as fast as the controller takes them; it ends when the ack covering the last
+fill arrives (the controller publishes `ack:<source>` once per committed batch, after the
+batch's allocation events and its fsync), so the rate is fills / (first send -> that ack)
+and no snapshot is decoded on the way. Afterwards, untimed, the next positions snapshot is
+checked: every fill allocated, none rejected, every account present, the shares sent.
+
+The controller still builds its snapshots on its own schedule during the run, which is
+part of its cost: by default every 0.2 s up to 1,000 accounts and proportionally longer
+above (2 s at 10,000 accounts, where one snapshot is large), so snapshots stay a few per cent
+of the run. The bare sink times itself from its first message to its last decode over all
+the pre-packed fills. Targets (issue 13): controller / bare >= 0.5 at 10 accounts, 0.10 at
+1,000, 0.05 at 10,000.
 """
 
 from __future__ import annotations
@@ -12,6 +32,7 @@ import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root 
 
 # isort: split
 import cProfile
+import math
 import os
 import pstats
 import shutil
@@ -26,6 +47,7 @@ import zmq
 
 from bench.common import (
     FILL_SOURCE,
+    PYTHON,
     SPLIT_SOURCE,
     Bare,
     Client,
@@ -33,9 +55,12 @@ from bench.common import (
     Deadline,
     Frames,
     Run,
+    ack_for,
+    add_engine_option,
     connect_with_split,
     console,
     drain,
+    engines,
     fill_fields,
     fill_raws,
     make_split,
@@ -43,6 +68,7 @@ from bench.common import (
     print_table,
     resolve,
     wait_positions,
+    wait_until,
     workdir,
 )
 from common.protocol import (
@@ -60,6 +86,26 @@ from controller.service import BATCH_MAX
 
 TOP = 15
 DRAIN_EVERY = 4096  # sends between looks at the SUB while sending
+WARMUP_SOURCE = "bench-warmup"
+MIN_FILLS = 20  # a timed run has at least this many fills, however slow the controller
+WARMUP_GROWTH = 16  # a warm-up batch is at most this many times the one before
+#: controller / bare rate wanted, by accounts (issue 13's targets)
+TARGETS = {10: 0.5, 1_000: 0.10, 10_000: 0.05}
+SNAPSHOT_INTERVAL = 0.2  # seconds, up to SNAPSHOT_SCALE_ACCOUNTS accounts
+SNAPSHOT_SCALE_ACCOUNTS = 1_000  # above this the interval grows with the book
+
+
+def snapshot_interval(accounts: int, given: float | None) -> float:
+    """The controller's snapshot interval: `given`, else SNAPSHOT_INTERVAL scaled up with
+    the book above SNAPSHOT_SCALE_ACCOUNTS (a snapshot's cost grows with the accounts)."""
+    if given is not None:
+        return given
+    return SNAPSHOT_INTERVAL * max(1.0, accounts / SNAPSHOT_SCALE_ACCOUNTS)
+
+
+def shares_of(count: int) -> int:
+    """Shares in the first `count` fills of fill_fields (the same for every source)."""
+    return sum(quantity for _, _, quantity in fill_fields(count))
 
 
 def send_all(
@@ -80,7 +126,7 @@ def send_all(
 
 
 def measure_bare(raws: list[bytes]) -> dict[str, Any]:
-    """(a) The sink decodes every message; its own clock, first message to last."""
+    """The sink decodes every message; its own clock, first message to last."""
     with workdir() as directory, Bare(directory, "sink", len(raws)) as sink, Client() as client:
         sink.wait_ready()
         push = client.push(sink.inputs)
@@ -88,17 +134,23 @@ def measure_bare(raws: list[bytes]) -> dict[str, Any]:
         sent = time.perf_counter() - started
         result = sink.result(seconds=60 + len(raws) / 1000)
     seconds = result["seconds"]
-    return {"seconds": seconds, "rate": len(raws) / seconds, "sender_seconds": sent}
+    return {
+        "fills": len(raws),
+        "seconds": seconds,
+        "rate": len(raws) / seconds,
+        "sender_seconds": sent,
+    }
 
 
 class Progress:
-    """Watches the controller's events during a run: the ack of the last fill, and the
-    fill acks: one per drained batch (one journal commit and fsync) plus one per snapshot."""
+    """Watches the timed run: when the ack covering seq `last` arrives, how many acks of the
+    fill source came (one per committed batch holding its fills, plus one after each
+    snapshot) and how many snapshots (their frames only: none is decoded)."""
 
     topic = ack_topic(FILL_SOURCE)
 
-    def __init__(self, fills: int) -> None:
-        self.fills = fills
+    def __init__(self, last: int) -> None:
+        self.last = last
         self.ack_time: float | None = None
         self.fill_acks = 0
         self.snapshots = 0
@@ -111,53 +163,95 @@ class Progress:
                 body = read_event(frames)[1]
                 if body["source"] == FILL_SOURCE:
                     self.fill_acks += 1
-                    if self.ack_time is None and body["seq"] >= self.fills:
+                    if self.ack_time is None and body["seq"] >= self.last:
                         self.ack_time = arrived
+
+
+def warm_up(
+    push: zmq.Socket, sub: zmq.Socket, controller: Controller, seconds: float, most: int
+) -> dict[str, Any]:
+    """Send WARMUP_SOURCE fills in batches of growing size, each acked before the next,
+    until a batch takes `seconds` (or reaches `most` fills); its rate sizes the timed run."""
+    size, seq, fills, shares = 1, 1, 0, 0
+    limit = 300.0  # seconds for the first batch: one fill, however big the book
+    while True:
+        last = seq + size - 1
+        raws = list(fill_raws(size, WARMUP_SOURCE, seq))
+        deadline = Deadline(limit, f"the ack of warm-up fill {last:,}", [controller])
+        started = send_all(push, raws)
+        took = wait_until(sub, ack_for(WARMUP_SOURCE, last), deadline) - started
+        seq, fills, shares = last + 1, fills + size, shares + shares_of(size)
+        rate = size / took
+        if took >= seconds or size >= most:
+            return {"fills": fills, "shares": shares, "rate": rate, "last_batch": size}
+        growth = max(2.0, min(WARMUP_GROWTH, 1.25 * seconds / took))
+        size = min(most, math.ceil(size * growth))
+        limit = 60 + 20 * size / rate
 
 
 def measure_controller(
     directory: Path,
     raws: list[bytes],
     accounts: int,
-    snapshot_interval: float,
-    expected_shares: int,
+    engine: str,
+    interval: float,
+    seconds: float,
+    warmup_seconds: float,
     wrapper: list[str] | None = None,
 ) -> dict[str, Any]:
-    """(b) The controller, split acked first; first send until a snapshot shows all fills."""
-    n = len(raws)
+    """A controller with `accounts` accounts: warm-up, then the timed run (see the module
+    docstring), then the untimed check of the book."""
     with (
-        Controller(directory, snapshot_interval, wrapper=wrapper or ()) as controller,
+        Controller(directory, interval, wrapper=wrapper or (), engine=engine) as controller,
         Client() as client,
     ):
         push, sub = connect_with_split(
-            client, controller, accounts, Progress.topic, TOPIC_POSITIONS
+            client,
+            controller,
+            accounts,
+            ack_topic(WARMUP_SOURCE),
+            Progress.topic,
+            TOPIC_POSITIONS,
         )
+        warm = warm_up(push, sub, controller, warmup_seconds, len(raws))
+        n = max(MIN_FILLS, min(len(raws), round(warm["rate"] * seconds)))
         rss_before = controller.status_kb("VmRSS")
         progress = Progress(n)
-        started = send_all(push, raws, sub, progress)
+        started = send_all(push, raws[:n], sub, progress)
         sent = time.perf_counter() - started
-        # a fill costs about accounts / 100 ms on a slow machine (1 s at 10,000 accounts)
-        seconds = 120 + n * max(1, accounts / 100) / 100
-        deadline = Deadline(seconds, f"a snapshot with {n:,} fills", [controller])
-        done, snapshot = wait_positions(sub, n, deadline, progress)
+        deadline = Deadline(60 + 20 * n / warm["rate"], f"the ack of fill {n:,}", [controller])
+        while progress.ack_time is None:
+            if sub.poll(deadline.ms()):
+                progress(drain(sub), time.perf_counter())
+        done = progress.ack_time
         rss_after = controller.status_kb("VmRSS")
         hwm = controller.status_kb("VmHWM")
-    seconds = done - started
+        total = warm["fills"] + n
+        check = Deadline(60 + 3 * interval, f"a snapshot with {total:,} fills", [controller])
+        _, snapshot = wait_positions(sub, total, check)
     counts = snapshot["counts"]
     shares = sum(snapshot["totals"]["positions"].values())
-    if counts["fills"] != n or counts["rejected"] or shares != expected_shares:
-        raise RuntimeError(f"wrong book: counts {counts}, {shares:,} shares != {expected_shares:,}")
-    # The last snapshot's acks are not read, hence the + 1; approximate (see Progress).
-    batches = max(1, progress.fill_acks - progress.snapshots + 1)
-    ack_seconds = (progress.ack_time or done) - started
+    expected = warm["shares"] + shares_of(n)
+    held = len(snapshot["accounts"])
+    if counts["fills"] != total or counts["rejected"] or shares != expected or held != accounts:
+        raise RuntimeError(
+            f"wrong book: counts {counts}, {shares:,} shares (expected {expected:,}), "
+            f"{held:,} accounts (expected {accounts:,})"
+        )
+    seconds = done - started
+    # Acks after snapshots are not fill commits; approximate (the snapshot may fall between).
+    commits = max(1, progress.fill_acks - progress.snapshots)
     return {
+        "engine": engine,
+        "fills": n,
         "seconds": seconds,
         "rate": n / seconds,
-        "ack_seconds": ack_seconds,
-        "ack_rate": n / ack_seconds,
         "sender_seconds": sent,
-        "commits_approx": batches,
-        "mean_batch_approx": n / batches,
+        "warmup": warm,
+        "snapshot_interval": interval,
+        "snapshots_during_run": progress.snapshots,
+        "commits_approx": commits,
+        "mean_batch_approx": n / commits,
         "rss_kb_before": rss_before,
         "rss_kb_after": rss_after,
         "vmhwm_kb": hwm,
@@ -165,8 +259,10 @@ def measure_controller(
     }
 
 
-def mb_change(before_kb: int, after_kb: int) -> str:
-    return f"{before_kb / 1024:.1f} -> {after_kb / 1024:.1f}"
+def verdict(ratio: float, target: float | None) -> str:
+    if target is None:
+        return "-"
+    return "met" if ratio >= target else f"not met ({ratio / target:.2g}x)"
 
 
 # -- where the time goes -------------------------------------------------------------------
@@ -178,7 +274,13 @@ def find_pyspy() -> str | None:
 
 
 def pyspy_profile(
-    pyspy: str, raws: list[bytes], accounts: int, snapshot_interval: float, expected: int
+    pyspy: str,
+    raws: list[bytes],
+    accounts: int,
+    engine: str,
+    interval: float,
+    seconds: float,
+    warmup_seconds: float,
 ) -> dict[str, Any]:
     """The real controller under `py-spy record` (idle samples included, so waits in poll
     and fsync show), the same run as measure_controller; top functions by own samples."""
@@ -186,7 +288,9 @@ def pyspy_profile(
         out = directory / "pyspy.txt"
         wrapper = [pyspy, "record", "--idle", "--function", "--format", "raw", "--rate", "250"]
         wrapper += ["--output", str(out), "--"]
-        run = measure_controller(directory, raws, accounts, snapshot_interval, expected, wrapper)
+        run = measure_controller(
+            directory, raws, accounts, engine, interval, seconds, warmup_seconds, wrapper
+        )
         own: Counter[str] = Counter()
         within: Counter[str] = Counter()
         for line in out.read_text().splitlines():
@@ -203,7 +307,7 @@ def pyspy_profile(
         for f, _ in own.most_common(TOP)
     ]
     return {
-        "tool": "py-spy (--idle, 250 Hz, whole controller process)",
+        "tool": f"py-spy (--idle, 250 Hz, whole controller process, {engine} engine)",
         "samples": total,
         "rate_under_profiler": run["rate"],
         "top": rows,
@@ -211,7 +315,8 @@ def pyspy_profile(
 
 
 def cprofile_profile(raws: list[bytes], accounts: int) -> dict[str, Any]:
-    """Fallback: cProfile on an in-process Engine (journal, fsync always, BATCH_MAX batches)."""
+    """Fallback: cProfile on an in-process Python Engine (journal, fsync always, BATCH_MAX
+    batches)."""
     with workdir() as directory:
         journal = JournalWriter(directory / "j", "always")
         engine = Engine(Book(DEFAULT_TICKERS), journal)
@@ -237,72 +342,141 @@ def cprofile_profile(raws: list[bytes], accounts: int) -> dict[str, Any]:
         }
         for (file, line, func), (_, _, tt, ct, _) in ranked
     ]
-    return {"tool": "cProfile (in-process Engine)", "seconds": total, "top": rows}
+    return {"tool": "cProfile (in-process Python Engine)", "seconds": total, "top": rows}
 
 
 def main() -> int:
     p = parser(__doc__)
-    p.add_argument("--fills", type=int, help="fills per run (default 200,000; quick 5,000)")
-    p.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1000])
-    p.add_argument("--snapshot-interval", type=float, default=0.2)
+    add_engine_option(p)
+    p.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1_000, 10_000])
+    p.add_argument("--seconds", type=float, help="timed run per controller (5; quick 1)")
+    p.add_argument("--warmup-seconds", type=float, help="last warm-up batch (1; quick 0.3)")
+    p.add_argument("--fills", type=int, help="most fills per run (1,000,000; quick 100,000)")
+    p.add_argument(
+        "--snapshot-interval",
+        type=float,
+        help=f"seconds (default {SNAPSHOT_INTERVAL} x max(1, accounts / "
+        f"{SNAPSHOT_SCALE_ACCOUNTS:,}))",
+    )
     p.add_argument("--profile-accounts", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--profile-fills", type=int, help="fills for cProfile (20,000; quick 5,000)")
     p.add_argument("--no-profile", action="store_true")
-    args = resolve(p.parse_args(), fills=(5_000, 200_000))
+    args = resolve(
+        p.parse_args(),
+        seconds=(1.0, 5.0),
+        warmup_seconds=(0.3, 1.0),
+        fills=(100_000, 1_000_000),
+        profile_fills=(5_000, 20_000),
+    )
+    chosen = engines(args.engine)
     run = Run("throughput", args)
     raws = list(fill_raws(args.fills))
-    expected = sum(quantity for _, _, quantity in fill_fields(args.fills))
-    console.print(f"{len(raws):,} fills pre-packed ({sum(map(len, raws)) / len(raws):.0f} B each)")
+    console.print(
+        f"{len(raws):,} fills pre-packed ({sum(map(len, raws)) / len(raws):.0f} B each); "
+        f"engines: {', '.join(chosen)}"
+    )
 
-    results: dict[str, Any] = {"runs": []}
+    results: dict[str, Any] = {"engines": chosen, "runs": []}
     rows = []
     for accounts in args.accounts:
-        bare = measure_bare(raws)
-        with workdir() as directory:
-            controller = measure_controller(
-                directory, raws, accounts, args.snapshot_interval, expected
+        interval = snapshot_interval(accounts, args.snapshot_interval)
+        target = TARGETS.get(accounts)
+        python_rate: float | None = None
+        measured = []
+        for engine in chosen:
+            bare = measure_bare(raws)
+            with workdir() as directory:
+                controller = measure_controller(
+                    directory,
+                    raws,
+                    accounts,
+                    engine,
+                    interval,
+                    args.seconds,
+                    args.warmup_seconds,
+                )
+            ratio = controller["rate"] / bare["rate"]
+            results["runs"].append(
+                {
+                    "accounts": accounts,
+                    "engine": engine,
+                    "bare": bare,
+                    "controller": controller,
+                    "ratio": ratio,
+                    "target": target,
+                    "met": None if target is None else ratio >= target,
+                }
             )
-        results["runs"].append({"accounts": accounts, "bare": bare, "controller": controller})
-        rows.append(
-            [
-                accounts,
-                bare["rate"],
-                controller["rate"],
-                bare["rate"] / controller["rate"],
-                controller["ack_rate"],
-                controller["seconds"],
-                controller["mean_batch_approx"],
-                mb_change(controller["rss_kb_before"], controller["rss_kb_after"]),
-            ]
-        )
-        console.print(f"  {accounts} accounts: done")
+            measured.append((engine, bare, controller, ratio))
+            if engine == PYTHON:
+                python_rate = controller["rate"]
+            console.print(
+                f"  {accounts:,} accounts, {engine}: {controller['rate']:,.0f} fills/s "
+                f"over {controller['fills']:,} fills, ratio {ratio:.3g}"
+            )
+        for engine, bare, controller, ratio in measured:
+            speedup = controller["rate"] / python_rate if python_rate else None
+            rows.append(
+                [
+                    accounts,
+                    engine,
+                    controller["fills"],
+                    bare["rate"],
+                    controller["rate"],
+                    ratio,
+                    "-" if target is None else f">= {target:g}",
+                    verdict(ratio, target),
+                    "-" if speedup is None or engine == PYTHON else speedup,
+                    controller["mean_batch_approx"],
+                    f"{controller['rss_kb_before'] / 1024:.1f} -> "
+                    f"{controller['rss_kb_after'] / 1024:.1f}",
+                ]
+            )
     print_table(
-        f"Throughput, {args.fills:,} fills, one PUSH, ipc://",
+        f"Throughput, one PUSH, ipc://, about {args.seconds:g} s per controller run",
         [
             "accounts",
+            "engine",
+            "fills",
             "bare PULL+decode /s",
             "controller /s",
-            "bare / controller",
-            "controller to ack /s",
-            "controller s",
+            "controller / bare",
+            "target",
+            "verdict",
+            "x python",
             "fills per fsync",
-            "controller RSS MB",
+            "RSS MB",
         ],
         rows,
-        caption="controller: --fsync always, snapshots every "
-        f"{args.snapshot_interval} s; rate = fills / (first send -> snapshot showing all)",
+        caption="controller: --fsync always, one fill per message, split as one message; "
+        "rate = fills / (first send -> ack of the last fill); snapshots every "
+        + (
+            f"{args.snapshot_interval:g} s"
+            if args.snapshot_interval is not None
+            else f"{SNAPSHOT_INTERVAL:g} s x max(1, accounts / {SNAPSHOT_SCALE_ACCOUNTS:,})"
+        )
+        + "; bare measured just before each controller run",
     )
 
     pyspy = None if args.no_profile else find_pyspy()
     results["profiles"] = []
     for accounts in [] if args.no_profile else args.profile_accounts:
         if pyspy:
-            profile = pyspy_profile(pyspy, raws, accounts, args.snapshot_interval, expected)
+            profile = pyspy_profile(
+                pyspy,
+                raws,
+                accounts,
+                chosen[0],
+                snapshot_interval(accounts, args.snapshot_interval),
+                args.seconds,
+                args.warmup_seconds,
+            )
         else:
-            profile = cprofile_profile(raws, accounts)
+            profile = cprofile_profile(raws[: args.profile_fills], accounts)
         profile["accounts"] = accounts
         results["profiles"].append(profile)
         print_table(
-            f"Where the time goes: {profile['tool']}, {accounts} accounts, {args.fills:,} fills",
+            f"Where the time goes: {profile['tool']}, {accounts} accounts",
             ["function", "self %", "incl. %"],
             [[r["function"], 100 * r["self"], 100 * r["total"]] for r in profile["top"]],
         )
