@@ -64,6 +64,8 @@ NATIVE_SWITCH = "FILLALLOC_NATIVE"  # "0" in the controller's environment: pure 
 NATIVE, PYTHON = "native", "python"
 BOTH = "both"
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/PID/stat counts CPU time in these
+
 # Wide enough for the tables when the output is a file or a pipe (rich assumes 80 then).
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -361,6 +363,12 @@ class Proc:
             self.check()
             raise RuntimeError(f"{self.name} closed its stdout")
         return line.strip()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far, all its threads (/proc/PID/stat)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
     def status_kb(self, field: str = "VmRSS") -> int:
         """A memory figure (VmRSS, VmHWM, ...) from /proc/PID/status, in kB."""

@@ -21,6 +21,7 @@ import _paths  # type: ignore[import-not-found]  # noqa: F401  (first: the root 
 import argparse
 import contextlib
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -57,6 +58,9 @@ TARGET_RATE = 10_000  # fills/s at which the targets are judged
 TARGET_FSYNC = "always"
 TARGET_P99_US = 1_000.0
 TARGET_RELAY_RATIO = 3.0  # controller p99 / relay p99, at most
+#: a send this late on its schedule means the sender itself was kept off the CPU: the
+#: machine was busy, and the tails measure the machine as much as the path
+LATE_WARNING_US = 1_000.0
 
 
 def precise_sleep() -> None:
@@ -188,6 +192,7 @@ def main() -> int:
     precise_sleep()
     results: dict[str, Any] = {"engines": chosen, "runs": []}
     rows = []
+    late_rates: list[int] = []
     with (
         workdir() as directory,
         Bare(directory, "forward") as forwarder,
@@ -241,7 +246,14 @@ def main() -> int:
                         ]
                     )
                     lateness.append(ctl["max_send_lateness_us"])
-            console.print(f"  {rate:,}/s done (worst send lateness {max(lateness):,.0f} us)")
+            worst = max(lateness)
+            console.print(f"  {rate:,}/s done (worst send lateness {worst:,.0f} us)")
+            if worst > LATE_WARNING_US:
+                late_rates.append(rate)
+                console.print(
+                    f"[red]  the sender ran up to {worst / 1000:,.1f} ms late at {rate:,}/s: "
+                    f"the machine was busy (load {os.getloadavg()[0]:.2f}); tails are suspect"
+                )
     fsync_interval = (
         "the controller's default"
         if args.fsync_interval is None
@@ -264,6 +276,12 @@ def main() -> int:
         f" {fsync_interval}; snapshots every {args.snapshot_interval:g} s; relay: PULL -> PUB "
         "of each message as-is, measured just before the controllers at each rate; all ipc://",
     )
+    if late_rates:
+        console.print(
+            f"[red]the sender ran over {LATE_WARNING_US / 1000:g} ms late at "
+            f"{', '.join(f'{r:,}/s' for r in late_rates)}: rerun on a quieter machine"
+        )
+    results["sender_late_at_rates"] = late_rates
     run.finish(results)
     return 0
 
