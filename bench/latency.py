@@ -162,8 +162,8 @@ def measure_controller(
 
 
 def verdicts(rate: int, fsync: str, run: dict[str, Any], ratio: float) -> list[str]:
-    """ "met"/"not met" for p99 <= 1 ms and for p99 within 3x of the relay, where the
-    targets apply (TARGET_RATE, TARGET_FSYNC); a lost fill fails both."""
+    """Whether p99 <= 1 ms and p99 within 3x of the relay's ("met"/"not met") where the
+    targets apply (TARGET_RATE, TARGET_FSYNC), else "-"; a lost fill fails both."""
     if rate != TARGET_RATE or fsync != TARGET_FSYNC:
         return ["-", "-"]
     whole = run["lost"] == 0
@@ -255,9 +255,7 @@ def main() -> int:
                     f"the machine was busy (load {os.getloadavg()[0]:.2f}); tails are suspect"
                 )
     fsync_interval = (
-        "the controller's default"
-        if args.fsync_interval is None
-        else (f"{args.fsync_interval:g} s")
+        "the controller's default" if args.fsync_interval is None else f"{args.fsync_interval:g} s"
     )
     print_table(
         f"Latency, fill send -> allocation event on a SUB, microseconds ({args.duration:g} s "
