@@ -1,0 +1,221 @@
+/* controller._allocc: the exact allocation kernel (alloc_core.h) for Python.
+ *
+ *   buy(values, weights, ranks, price, quantity) -> list[int] | None
+ *   sell(values, weights, ranks, price, quantity, holdings) -> list[int] | None
+ *
+ * Each sequence argument is a sequence of ints (a list, a tuple, ...) or an object exporting
+ * a C-contiguous buffer of int64 (array.array("q"), a memoryview of one): the second is read
+ * in place, which lets the benchmark time the kernel without the conversion. The result is
+ * the shares per account, exactly as controller.allocator's allocate_integral and
+ * allocate_sell_integral; None when a number does not fit in int64 or the kernel cannot
+ * guarantee exactness in int128 (FA_BOUND), and the caller then runs the Python reference.
+ * controller/native.py is the caller; the Python functions stay the reference.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "alloc_core.h"
+
+/* One int64 array argument: read in place from a buffer, or converted into `own`. */
+typedef struct {
+    const int64_t *data;
+    int64_t *own;
+    Py_buffer view;
+    int has_view;
+} fa_array;
+
+static void fa_array_release(fa_array *arr) {
+    if (arr->has_view) PyBuffer_Release(&arr->view);
+    PyMem_Free(arr->own);
+    arr->has_view = 0;
+    arr->own = NULL;
+}
+
+/* 1 for a buffer format of one native int64 ("q", "l" or "@q", "=q", "<q" on little-endian). */
+static int fa_int64_format(const Py_buffer *view) {
+    const char *f = view->format;
+    if (view->itemsize != 8 || f == NULL) return 0;
+    if (f[0] == '@' || f[0] == '=' ||
+#if PY_LITTLE_ENDIAN
+        f[0] == '<'
+#else
+        f[0] == '>' || f[0] == '!'
+#endif
+    )
+        f++;
+    return (f[0] == 'q' || f[0] == 'l') && f[1] == '\0';
+}
+
+/* Read `obj` as `n` int64s (n < 0: take its length and store it). 1 when read, 0 when a
+   number does not fit in int64 (the caller returns None), -1 with an exception set. */
+static int fa_array_read(PyObject *obj, const char *what, Py_ssize_t *n, fa_array *arr) {
+    if (PyObject_CheckBuffer(obj) && !PyBytes_Check(obj) && !PyByteArray_Check(obj)) {
+        if (PyObject_GetBuffer(obj, &arr->view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+            arr->has_view = 1;
+            if (fa_int64_format(&arr->view)) {
+                Py_ssize_t len = arr->view.len / 8;
+                if (*n >= 0 && len != *n) {
+                    PyErr_Format(PyExc_ValueError, "%s has %zd items, expected %zd", what, len,
+                                 *n);
+                    return -1;
+                }
+                *n = len;
+                arr->data = arr->view.buf;
+                return 1;
+            }
+            PyBuffer_Release(&arr->view);
+            arr->has_view = 0;
+        } else {
+            PyErr_Clear(); /* not a contiguous buffer: read it as a sequence */
+        }
+    }
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (seq == NULL) return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (*n >= 0 && len != *n) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd items, expected %zd", what, len, *n);
+        Py_DECREF(seq);
+        return -1;
+    }
+    *n = len;
+    arr->own = PyMem_Malloc(len ? (size_t)len * sizeof(int64_t) : 1);
+    if (arr->own == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    int status = 1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+        if (overflow) {
+            status = 0;
+            break;
+        }
+        if (x == -1 && PyErr_Occurred()) {
+            status = -1;
+            break;
+        }
+        arr->own[i] = x;
+    }
+    Py_DECREF(seq);
+    arr->data = arr->own;
+    return status;
+}
+
+/* One int argument as int64: 1, 0 when it does not fit, -1 with an exception set. */
+static int fa_scalar(PyObject *obj, int64_t *out) {
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow) return 0;
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *out = x;
+    return 1;
+}
+
+static PyObject *fa_result(int status, Py_ssize_t n, const int64_t *shares) {
+    if (status == FA_NOMEM) return PyErr_NoMemory();
+    if (status != FA_OK) Py_RETURN_NONE;
+    PyObject *list = PyList_New(n);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyLong_FromLongLong(shares[i]);
+        if (x == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, x);
+    }
+    return list;
+}
+
+/* The common part of buy and sell: read the arguments (holdings only for a sell), run the
+   kernel, build the result. */
+static PyObject *fa_call(PyObject *const *args, Py_ssize_t nargs, int sell) {
+    const char *name = sell ? "sell" : "buy";
+    Py_ssize_t expected = sell ? 6 : 5;
+    if (nargs != expected) {
+        return PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name,
+                            expected, nargs);
+    }
+    fa_array values = {0}, weights = {0}, ranks = {0}, holdings = {0};
+    int64_t price = 0, quantity = 0, *shares = NULL;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    int ok;
+    if ((ok = fa_array_read(args[0], "values", &n, &values)) != 1) goto done;
+    if ((ok = fa_array_read(args[1], "weights", &n, &weights)) != 1) goto done;
+    if ((ok = fa_array_read(args[2], "ranks", &n, &ranks)) != 1) goto done;
+    if ((ok = fa_scalar(args[3], &price)) != 1) goto done;
+    if ((ok = fa_scalar(args[4], &quantity)) != 1) goto done;
+    if (sell && (ok = fa_array_read(args[5], "holdings", &n, &holdings)) != 1) goto done;
+    shares = PyMem_Malloc(n ? (size_t)n * sizeof *shares : 1);
+    if (shares == NULL) {
+        PyErr_NoMemory();
+        ok = -1;
+        goto done;
+    }
+    int status = sell ? fa_sell((size_t)n, values.data, weights.data, ranks.data, price,
+                                quantity, holdings.data, shares)
+                      : fa_buy((size_t)n, values.data, weights.data, ranks.data, price,
+                               quantity, shares);
+    result = fa_result(status, n, shares);
+done:
+    if (ok == 0) { /* a number outside int64: the caller falls back */
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyMem_Free(shares);
+    fa_array_release(&values);
+    fa_array_release(&weights);
+    fa_array_release(&ranks);
+    fa_array_release(&holdings);
+    return result;
+}
+
+static PyObject *fa_py_buy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    return fa_call(args, nargs, 0);
+}
+
+static PyObject *fa_py_sell(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    return fa_call(args, nargs, 1);
+}
+
+static PyMethodDef fa_methods[] = {
+    {"buy", (PyCFunction)(void (*)(void))fa_py_buy, METH_FASTCALL,
+     "buy(values, weights, ranks, price, quantity) -> list[int] | None\n\n"
+     "Shares bought per account, exactly as allocator.allocate_integral; None when an input\n"
+     "does not fit in int64 or the int128 bound (the caller runs the reference)."},
+    {"sell", (PyCFunction)(void (*)(void))fa_py_sell, METH_FASTCALL,
+     "sell(values, weights, ranks, price, quantity, holdings) -> list[int] | None\n\n"
+     "Shares sold per account, exactly as allocator.allocate_sell_integral; None when an\n"
+     "input does not fit in int64, the int128 bound, or the quantity is not between 1 and\n"
+     "the total held (the caller runs the reference, which raises for a bad quantity)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fa_module = {
+    PyModuleDef_HEAD_INIT,
+    "controller._allocc",
+    "The exact allocation kernel in C (controller/_native/alloc_core.h); the Python\n"
+    "functions in controller.allocator are the reference. Use it through controller.native.",
+    -1,
+    fa_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__allocc(void) {
+    PyObject *module = PyModule_Create(&fa_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddIntConstant(module, "MAX_ACCOUNTS", (long)FA_MAX_ACCOUNTS) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
