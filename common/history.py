@@ -22,6 +22,7 @@ from controller.journal import (
     JournalCorrupt,
     JournalHeader,
     decode_record,
+    reaches,
     read_checkpoint,
     read_header,
     read_records,
@@ -130,10 +131,11 @@ def usable_checkpoint(
             header.journal_id if header else "a new journal",
         )
         return None
-    size = journal.stat().st_size if journal.exists() else 0
-    if saved.offset > size:
+    if not reaches(journal, saved.offset):  # past the file's end, or in its zero tail
         log.warning(
-            "checkpoint is ahead of the journal (%d > %d); ignoring it", saved.offset, size
+            "checkpoint is ahead of the journal (offset %d is past its last record); "
+            "ignoring it",
+            saved.offset,
         )
         return None
     return saved

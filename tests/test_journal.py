@@ -1,4 +1,5 @@
-"""Tests for controller.journal: records, torn tails, corruption, checkpoints, fsync policy."""
+"""Tests for controller.journal: records, pre-allocated space and its zero tail, torn tails,
+corruption, checkpoints, sync policy."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from controller import journal as journal_module
 from controller.journal import (
     CHECKPOINT_MAGIC,
     HEADER,
+    PAGE_BYTES,
     RECORD_HEADER,
     Checkpoint,
     JournalCorrupt,
     JournalWriter,
+    reaches,
     read_checkpoint,
     read_records,
+    records_end,
     records_start,
     write_checkpoint,
 )
@@ -263,6 +267,166 @@ def test_unknown_format_version_is_rejected(tmp_path):
         list(read_records(path))
 
 
+# -- pre-allocated space and the zero tail --------------------------------------------------
+CHUNK = 2 * PAGE_BYTES  # small chunks, so that a test crosses them
+TORN = ["R", "fills-1", 3, "a record that does not end in a zero byte"]
+
+
+def crashed_journal(path, records=RECORDS[:2]) -> list[int]:
+    """Write `records`, one commit each, and die without closing: the zeros after the last
+    record stay (the split, last by default, ends in zero bytes of its own: 40.0)."""
+    writer = JournalWriter(path, preallocate=CHUNK)
+    ends = []
+    for record in records:
+        writer.append(record)
+        ends.append(writer.commit())
+    writer.abandon()
+    assert path.stat().st_size == CHUNK > ends[-1]
+    return ends
+
+
+def test_batches_are_written_in_place_into_zeros_allocated_a_chunk_at_a_time(tmp_path):
+    path = tmp_path / "j"
+    writer = JournalWriter(path, preallocate=CHUNK)
+    start = writer.offset
+    assert path.stat().st_size == start  # nothing allocated before there is something to write
+    writer.append(RECORDS[0])
+    end = writer.commit()
+    data = path.read_bytes()
+    assert len(data) == writer.allocated == CHUNK
+    assert data[start:end] == encoded(RECORDS[0]) and not any(data[end:])
+    big = ["R", "fills-1", 2, "r" * CHUNK]  # runs past the chunk: the next one is added
+    writer.append(big)
+    end = writer.commit()
+    assert writer.allocated == path.stat().st_size == 2 * CHUNK
+    assert not any(path.read_bytes()[end:])
+    writer.close()
+    assert path.stat().st_size == end  # a clean stop gives the zeros back
+    assert [r for _, r in read_records(path)] == [RECORDS[0], big]
+
+
+def test_the_records_end_where_the_zeros_start(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    assert list(read_records(path)) == list(zip(ends, RECORDS[:2], strict=True))
+    assert list(read_records(path, ends[-1])) == []
+    assert records_end(path) == ends[-1]
+    assert path.stat().st_size == CHUNK  # a plain read leaves the file alone
+
+
+def test_a_restarted_writer_appends_after_the_last_record_not_after_the_zeros(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    writer = JournalWriter(path, preallocate=CHUNK)
+    assert writer.offset == ends[-1]
+    assert writer.allocated == CHUNK  # the zeros are kept as pre-allocated space
+    writer.append(RECORDS[2])
+    end = writer.commit()
+    assert end == ends[-1] + len(encoded(RECORDS[2]))
+    assert path.stat().st_size == CHUNK
+    writer.close()
+    assert list(read_records(path)) == [*zip(ends, RECORDS[:2], strict=True), (end, RECORDS[2])]
+
+
+def test_recovery_gives_the_zeros_back_and_the_writer_goes_on_from_the_last_record(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    assert list(read_records(path, repair=True)) == list(zip(ends, RECORDS[:2], strict=True))
+    assert path.stat().st_size == ends[-1]
+    writer = JournalWriter(path, preallocate=CHUNK)
+    assert writer.offset == ends[-1]
+    writer.append(RECORDS[2])
+    writer.close()
+    assert [r for _, r in read_records(path)] == RECORDS[:3]
+
+
+def test_a_last_record_that_ends_in_zero_bytes_is_not_cut_short(tmp_path):
+    path = tmp_path / "j"
+    ends = write_journal(path, RECORDS[:2])  # closed: the file ends with the split's 40.0
+    assert path.read_bytes().endswith(bytes(6))
+    assert records_end(path) == ends[-1] == path.stat().st_size
+    assert list(read_records(path, repair=True)) == list(zip(ends, RECORDS[:2], strict=True))
+    assert path.stat().st_size == ends[-1]
+    writer = JournalWriter(path)
+    assert writer.offset == ends[-1]
+    writer.append(RECORDS[2])
+    writer.close()
+    assert [r for _, r in read_records(path)] == RECORDS[:3]
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [1, 5, RECORD_HEADER.size, RECORD_HEADER.size + 3, len(encoded(TORN)) - 1],
+    ids=["a length byte", "the length and a checksum byte", "the header alone",
+         "the header and a few bytes", "all but the last byte"],
+)
+def test_a_torn_record_before_the_zeros_is_cut_off(tmp_path, kept):
+    """A power cut kept only the first `kept` bytes of a batch written in place: the rest
+    of it reads as the zeros that were there."""
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    with open(path, "r+b") as handle:
+        handle.seek(ends[-1])
+        handle.write(encoded(TORN)[:kept])
+    damaged = path.read_bytes()
+    assert list(read_records(path)) == list(zip(ends, RECORDS[:2], strict=True))
+    assert records_end(path) == ends[-1]
+    assert path.read_bytes() == damaged  # left alone without repair
+    assert list(read_records(path, repair=True)) == list(zip(ends, RECORDS[:2], strict=True))
+    assert path.stat().st_size == ends[-1]
+    writer = JournalWriter(path)
+    writer.append(TORN)
+    writer.close()
+    assert [r for _, r in read_records(path)] == [*RECORDS[:2], TORN]
+
+
+def test_a_writer_opened_without_recovery_cuts_a_torn_record_before_the_zeros(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    with open(path, "r+b") as handle:
+        handle.seek(ends[-1])
+        handle.write(encoded(TORN)[:-1])
+    writer = JournalWriter(path, preallocate=CHUNK)
+    assert writer.offset == ends[-1] == path.stat().st_size
+    writer.append(RECORDS[2])
+    writer.close()
+    assert [r for _, r in read_records(path)] == RECORDS[:3]
+
+
+def test_damage_with_good_records_after_it_is_corruption_even_before_zeros(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path, RECORDS)
+    data = bytearray(path.read_bytes())
+    data[ends[0] + RECORD_HEADER.size + 1] ^= 0x01  # a payload byte of the second record
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match=f"offset {ends[0]}: checksum mismatch"):
+        list(read_records(path, repair=True))
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_zero_length_record_with_records_after_it_is_corruption(tmp_path):
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    with open(path, "r+b") as handle:  # a hole, then a record: not a tail
+        handle.seek(ends[-1] + RECORD_HEADER.size)
+        handle.write(encoded(RECORDS[2]))
+    with pytest.raises(JournalCorrupt, match=f"offset {ends[-1]}: implausible record length 0"):
+        list(read_records(path, repair=True))
+
+
+def test_reaches_tells_the_last_record_from_the_zero_tail(tmp_path):
+    """A checkpoint's offset must be within the records: the end of the file no longer says
+    where they end, and the last record may itself end in zero bytes."""
+    path = tmp_path / "j"
+    ends = crashed_journal(path)
+    assert reaches(path, ends[0]) and reaches(path, ends[1])
+    for inside_the_zeros in (ends[1] + 1, ends[1] + RECORD_HEADER.size, CHUNK):
+        assert not reaches(path, inside_the_zeros)
+    assert not reaches(path, ends[1] - 3)  # among the split's own zero bytes: no record ends
+    assert not reaches(path, CHUNK + 1)
+    assert not reaches(tmp_path / "absent", ends[0])
+
+
 # -- checkpoints ---------------------------------------------------------------------------
 STATE = {
     "book": {"values": [str(10**30), "0"], "positions": [{"AAPL": 3}, {}]},
@@ -322,94 +486,99 @@ def test_damaged_checkpoint_reads_as_none(tmp_path, damage):
     assert read_checkpoint(path) is None
 
 
-# -- fsync policy --------------------------------------------------------------------------
+# -- sync policy ---------------------------------------------------------------------------
 @pytest.fixture
-def fsyncs(monkeypatch):
-    """Count os.fsync calls (they still happen)."""
+def syncs(monkeypatch):
+    """Record each os.fsync ("fsync") and os.fdatasync ("fdatasync") call (they still happen):
+    a batch is synced with fdatasync, pre-allocated space once with fsync."""
     calls = []
-    real = os.fsync
 
-    def counting(fd):
-        calls.append(fd)
-        real(fd)
+    def counting(name, real):
+        def call(fd):
+            calls.append(name)
+            real(fd)
 
-    monkeypatch.setattr(journal_module.os, "fsync", counting)
+        return call
+
+    monkeypatch.setattr(journal_module.os, "fsync", counting("fsync", os.fsync))
+    monkeypatch.setattr(journal_module.os, "fdatasync", counting("fdatasync", os.fdatasync))
     return calls
 
 
-def test_fsync_always_syncs_every_commit_with_data(tmp_path, fsyncs):
+def test_fsync_always_syncs_every_commit_with_data(tmp_path, syncs):
     writer = JournalWriter(tmp_path / "j", fsync="always")
-    fsyncs.clear()  # creating the file synced its header
+    syncs.clear()  # creating the file synced its header
     writer.append(RECORDS[0])
     writer.commit()
-    assert len(fsyncs) == 1
+    assert syncs == ["fsync", "fdatasync"]  # the first chunk pre-allocated, then the batch
     writer.commit()  # nothing new
-    assert len(fsyncs) == 1
+    assert syncs == ["fsync", "fdatasync"]
     writer.append(RECORDS[1])
     writer.append(RECORDS[2])
-    writer.commit()  # one batch, one sync
-    assert len(fsyncs) == 2
-    writer.close()
-    assert len(fsyncs) == 2
+    writer.commit()  # one batch, one sync, into space already there
+    assert syncs == ["fsync", "fdatasync", "fdatasync"]
+    writer.close()  # nothing left to sync; the zero tail is cut off, and that is synced
+    assert syncs == ["fsync", "fdatasync", "fdatasync", "fsync"]
 
 
-def test_fsync_interval_syncs_only_when_the_interval_has_passed(tmp_path, fsyncs):
+def test_fsync_interval_syncs_only_when_the_interval_has_passed(tmp_path, syncs):
     clock = Clock()
     path = tmp_path / "j"
     writer = JournalWriter(path, fsync="interval", fsync_interval=1.0, clock=clock)
-    fsyncs.clear()
-
     writer.append(RECORDS[0])
-    end = writer.commit()
-    assert fsyncs == []
-    assert path.stat().st_size == end  # written, though not synced
+    end = writer.commit()  # pre-allocating synced the file (and nothing was in it yet)
+    syncs.clear()
+    assert [r for _, r in read_records(path)] == RECORDS[:1]  # written, though not synced
+    assert writer.offset == end
 
     clock.now += 0.5
     writer.append(RECORDS[1])
     writer.commit()
-    assert fsyncs == []
+    assert syncs == []
 
     clock.now += 0.49
     writer.commit()
-    assert fsyncs == []
+    assert syncs == []
 
-    clock.now += 0.01  # exactly the interval since the writer started
+    clock.now += 0.01  # exactly the interval since the last sync
     writer.commit()
-    assert len(fsyncs) == 1
+    assert syncs == ["fdatasync"]
 
     clock.now += 5.0
     writer.commit()  # nothing unsynced, so no sync however long it has been
-    assert len(fsyncs) == 1
+    assert syncs == ["fdatasync"]
 
     writer.append(RECORDS[2])
     writer.commit()  # long since the last sync... but the clock counts from the last sync
-    assert len(fsyncs) == 2
+    assert syncs == ["fdatasync"] * 2
 
     writer.append(RECORDS[3])
     writer.commit()  # right after a sync
-    assert len(fsyncs) == 2
-    writer.close()  # close syncs what is left
-    assert len(fsyncs) == 3
+    assert syncs == ["fdatasync"] * 2
+    writer.close()  # close syncs what is left, then cuts off the zero tail
+    assert syncs == ["fdatasync"] * 3 + ["fsync"]
     assert [r for _, r in read_records(path)] == RECORDS
 
 
-def test_fsync_interval_counts_from_the_last_sync(tmp_path, fsyncs):
+def test_fsync_interval_counts_from_the_last_sync(tmp_path, syncs):
     clock = Clock()
     writer = JournalWriter(tmp_path / "j", fsync="interval", fsync_interval=2.0, clock=clock)
-    fsyncs.clear()
-    clock.now += 3.0
     writer.append(RECORDS[0])
-    writer.commit()
-    assert len(fsyncs) == 1  # synced at t=1003
-    clock.now += 1.5
+    writer.commit()  # pre-allocating fsynced at t=1000: that counts as a sync
+    syncs.clear()
+    clock.now += 3.0
     writer.append(RECORDS[1])
     writer.commit()
-    assert len(fsyncs) == 1  # 1.5 s since the last sync
+    assert syncs == ["fdatasync"]  # synced at t=1003
+    clock.now += 1.5
+    writer.append(RECORDS[2])
+    writer.commit()
+    assert syncs == ["fdatasync"]  # 1.5 s since the last sync
     clock.now += 0.5
     writer.commit()
-    assert len(fsyncs) == 2
+    assert syncs == ["fdatasync"] * 2
     writer.close()
-    assert len(fsyncs) == 2  # nothing left to sync
+    assert syncs == ["fdatasync"] * 2 + ["fsync"]  # nothing left to sync; the tail cut
 
 
 def test_invalid_fsync_policy_is_rejected(tmp_path):

@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import msgpack
@@ -31,6 +32,7 @@ from controller.engine import Engine
 from controller.journal import (
     FILL_RECORD,
     HEADER,
+    PAGE_BYTES,
     JournalCorrupt,
     JournalFailed,
     JournalFull,
@@ -41,6 +43,7 @@ from controller.journal import (
     JournalWriter,
     frame,
     read_records,
+    write_checkpoint,
 )
 from controller.service import PAUSE_RETRY_SECONDS, ControllerService
 
@@ -115,8 +118,36 @@ def test_a_failed_fsync_is_never_acknowledged_nor_retried(ctx, tmp_path, monkeyp
     rig = Rig(ctx, tmp_path)
     events = rig.send(split_message("aum", 1, {"a": 60, "b": 40}), fill("desk", 1))
     assert acks_of(events) == {"aum": 1, "desk": 1}
-    size_before = rig.path.stat().st_size
 
+    calls = []
+
+    def failing_sync(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fdatasync", failing_sync)
+    monkeypatch.setattr(journal_module.os, "fsync", failing_sync)
+    events = rig.send(fill("desk", 2), fill("desk", 3))
+    assert events == []  # no allocation and no ack for the batch whose sync failed
+    assert rig.service.failure is not None and "fdatasync failed" in rig.service.failure
+    assert len(calls) == 1
+    rig.service.close()  # the shutdown path must not commit, sync or acknowledge again
+    assert len(calls) == 1, "the sync was retried after it failed"
+    assert collect(rig.sub, 50) == []
+    with pytest.raises(JournalFailed):
+        rig.writer.commit()
+    monkeypatch.undo()
+    # What the failed sync should have made durable is cut off: no restart reads it back.
+    assert journaled_fills(rig.path) == [("desk", 1)]
+    assert recover(rig.path, None, TICKERS).last_seq["desk"] == 1
+
+
+def test_a_failed_fsync_of_preallocated_space_is_fail_stop(tmp_path, monkeypatch):
+    """Adding a chunk ends with an fsync (size and extents); its failure is a failed sync
+    like any other: the writer is dead, the batch is not written, nothing is retried."""
+    writer = JournalWriter(tmp_path / "j", preallocate=PAGE_BYTES)
+    writer.append(["F", "s", 1, "AAPL", 1, 1, "buy"])
+    end = writer.commit()
     calls = []
 
     def failing_fsync(fd: int) -> None:
@@ -124,29 +155,25 @@ def test_a_failed_fsync_is_never_acknowledged_nor_retried(ctx, tmp_path, monkeyp
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(journal_module.os, "fsync", failing_fsync)
-    events = rig.send(fill("desk", 2), fill("desk", 3))
-    assert events == []  # no allocation and no ack for the batch whose fsync failed
-    assert rig.service.failure is not None and "fsync failed" in rig.service.failure
+    writer.append(["R", "s", 2, "x" * PAGE_BYTES])  # needs the next page
+    with pytest.raises(JournalFailed, match="fsync failed"):
+        writer.commit()
+    assert writer.failed and len(calls) == 1
+    writer.close()
     assert len(calls) == 1
-    rig.service.close()  # the shutdown path must not commit, sync or acknowledge again
-    assert len(calls) == 1, "fsync was retried after it failed"
-    assert collect(rig.sub, 50) == []
-    with pytest.raises(JournalFailed):
-        rig.writer.commit()
-    # The data is what the disk has; here the page cache kept it, and recovery decides.
-    assert rig.path.stat().st_size >= size_before
     monkeypatch.undo()
-    assert recover(rig.path, None, TICKERS).last_seq["desk"] in (1, 3)
+    assert (tmp_path / "j").stat().st_size == end  # cut back to what was synced
+    assert [r[2] for _, r in read_records(tmp_path / "j")] == [1]
 
 
 def test_a_failed_write_stops_the_service_without_acknowledging(ctx, tmp_path, monkeypatch):
     rig = Rig(ctx, tmp_path)
     rig.send(split_message("aum", 1, {"a": 100}))
 
-    def failing_write(fd: int, data: bytes) -> int:
+    def failing_write(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(journal_module.os, "write", failing_write)
+    monkeypatch.setattr(journal_module.os, "pwrite", failing_write)
     assert rig.send(fill("desk", 1)) == []
     assert rig.service.failure is not None
     monkeypatch.undo()
@@ -169,12 +196,12 @@ def test_a_full_disk_pauses_input_and_resumes_with_nothing_lost(ctx, tmp_path, m
     free = {"bytes": 0}
     rig = Rig(ctx, tmp_path, free_space=lambda: free["bytes"])
     rig.send(split_message("aum", 1, {"a": 50, "b": 50}), fill("desk", 1))
-    real_write = os.write
+    real_write = os.pwrite
 
-    def full_write(fd: int, data: bytes) -> int:
+    def full_write(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(journal_module.os, "write", full_write)
+    monkeypatch.setattr(journal_module.os, "pwrite", full_write)
     assert rig.send(fill("desk", 2, 7)) == []  # not durable: neither allocated nor acked
     assert rig.service.paused and rig.service.failure is None
     assert rig.service.engine.sequencer.last_seq["desk"] == 1  # rebuilt from the journal
@@ -186,7 +213,7 @@ def test_a_full_disk_pauses_input_and_resumes_with_nothing_lost(ctx, tmp_path, m
     # While paused the input socket is not read: the sender's resend waits in ZeroMQ.
     rig.push.send(pack(fill("desk", 2, 7)))
     assert rig.service.step(10) == 0
-    monkeypatch.setattr(journal_module.os, "write", real_write)
+    monkeypatch.setattr(journal_module.os, "pwrite", real_write)
     rig.clock.advance(PAUSE_RETRY_SECONDS)
     assert rig.service.step(10) == 0 and rig.service.paused  # still no room reported
     free["bytes"] = 1 << 30
@@ -200,6 +227,69 @@ def test_a_full_disk_pauses_input_and_resumes_with_nothing_lost(ctx, tmp_path, m
     assert [b["seq"] for t, b in events if t == TOPIC_ALLOCATION] == [2]
     rig.service.close()
     assert journaled_fills(rig.path) == [("desk", 1), ("desk", 2)]
+
+
+def test_a_full_disk_while_preallocating_pauses_input_and_resumes(ctx, tmp_path, monkeypatch):
+    """The first batch of a new journal needs space allocated: with none to be had, input
+    pauses (it never crashes, so never crash-loops) and resumes once there is room."""
+    free = {"bytes": 0}
+    rig = Rig(ctx, tmp_path, free_space=lambda: free["bytes"])
+    real_write = os.pwrite
+    refused = []
+
+    def no_room_for_zeros(fd: int, data, offset: int) -> int:
+        if not any(data):  # pre-allocating: zeros past the end of the file
+            refused.append(len(data))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data, offset)
+
+    monkeypatch.setattr(journal_module.os, "pwrite", no_room_for_zeros)
+    assert rig.send(split_message("aum", 1, {"a": 50, "b": 50}), fill("desk", 1)) == []
+    assert refused and rig.service.paused and rig.service.failure is None
+    assert rig.writer.offset == rig.writer.allocated == rig.path.stat().st_size
+    monkeypatch.setattr(journal_module.os, "pwrite", real_write)
+    free["bytes"] = 1 << 30
+    rig.clock.advance(PAUSE_RETRY_SECONDS)
+    events = rig.send(split_message("aum", 1, {"a": 50, "b": 50}), fill("desk", 1))
+    assert not rig.service.paused
+    assert acks_of(events) == {"aum": 1, "desk": 1}
+    assert rig.writer.allocated > rig.writer.offset
+    rig.service.close()
+    assert journaled_fills(rig.path) == [("desk", 1)]
+
+
+def test_a_nearly_full_disk_gets_only_the_pages_the_batch_needs(tmp_path, monkeypatch):
+    """With less room than a chunk, the writer takes whole pages for the batch instead of
+    filling the last of the disk with zeros; with none at all the disk is full."""
+    path = tmp_path / "j"
+    writer = JournalWriter(path, preallocate=64 * PAGE_BYTES)
+    room = {"bytes": 3 * PAGE_BYTES}
+    real_write = os.pwrite
+
+    def limited(fd: int, data, offset: int) -> int:
+        grows = offset + len(data) - os.fstat(fd).st_size
+        if grows > room["bytes"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        room["bytes"] -= max(0, grows)
+        return real_write(fd, data, offset)
+
+    monkeypatch.setattr(journal_module.os, "pwrite", limited)
+    writer.append(["F", "s", 1, "AAPL", 1, 1, "buy"])
+    end = writer.commit()
+    assert writer.allocated == PAGE_BYTES == path.stat().st_size  # the chunk did not fit
+    reported = types.SimpleNamespace(f_bavail=0, f_frsize=PAGE_BYTES)
+    monkeypatch.setattr(journal_module.os, "fstatvfs", lambda fd: reported)
+    room["bytes"] = 0
+    writer.append(["R", "s", 2, "x" * PAGE_BYTES])
+    with pytest.raises(JournalFull):
+        writer.commit()
+    assert writer.offset == end == path.stat().st_size  # the batch and the zeros cut back
+    room["bytes"] = 2 * PAGE_BYTES  # room again, though less than a chunk
+    writer.append(["R", "s", 2, "x" * PAGE_BYTES])
+    end = writer.commit()
+    assert writer.allocated == 2 * PAGE_BYTES >= end
+    writer.close()
+    assert [r[2] for _, r in read_records(path)] == [1, 2]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -330,6 +420,78 @@ def test_a_checkpoint_of_another_journal_is_ignored(tmp_path, caplog):
     assert "belongs to journal" in caplog.text
 
 
+# -- a journal with a zero tail (the controller died with space pre-allocated) ---------------
+def crashed_with_a_zero_tail(path: Path) -> Engine:
+    """A journal of a split and fills with a checkpoint, whose controller died: the zeros
+    it had pre-allocated stay after the last record."""
+    engine = write_inputs(path, split_message("aum", 1, {"a": 60, "b": 40}),
+                          *[fill("desk", seq, 10 * seq) for seq in range(1, 4)])
+    engine.checkpoint(path.with_name(path.name + ".checkpoint"))
+    for seq in range(4, 6):
+        engine.receive(pack(fill("desk", seq, 10 * seq)))
+        engine.commit()
+    engine.journal.abandon()
+    assert path.stat().st_size > engine.journal.offset and not any(
+        path.read_bytes()[engine.journal.offset :]
+    )
+    return engine
+
+
+def test_a_restarted_controller_goes_on_after_the_last_record(tmp_path):
+    path = tmp_path / "j"
+    before = crashed_with_a_zero_tail(path)
+    checkpoint = path.with_name("j.checkpoint")
+    state = recover(path, checkpoint, TICKERS)  # what the CLI does: recover, then write
+    assert state.book == before.book and state.last_seq == {"aum": 1, "desk": 5}
+    assert state.replayed == 2  # the checkpoint was used, and the zeros were no records
+    assert path.stat().st_size == state.end == before.journal.offset  # zeros given back
+    engine = Engine.from_recovered(state, JournalWriter(path))
+    engine.receive(pack(fill("desk", 6, 60)))
+    engine.commit()
+    engine.journal.close()
+    assert journaled_fills(path) == [("desk", seq) for seq in range(1, 7)]
+    assert recover(path, checkpoint, TICKERS).book == recover(path, None, TICKERS).book
+
+
+def test_the_tools_read_a_journal_with_a_zero_tail_as_its_records(tmp_path, capsys):
+    """audit (its listing and --verify, through trail and verify) stops where the zeros
+    start, and finds what it finds in the same journal without them."""
+    from controller.tools import audit
+
+    zeroed = tmp_path / "zeroed" / "controller.journal"
+    zeroed.parent.mkdir()
+    engine = crashed_with_a_zero_tail(zeroed)
+    plain = tmp_path / "plain" / "controller.journal"
+    plain.parent.mkdir()
+    plain.write_bytes(zeroed.read_bytes()[: engine.journal.offset])
+    for suffix in (".checkpoint",):
+        source = zeroed.with_name(zeroed.name + suffix)
+        plain.with_name(plain.name + suffix).write_bytes(source.read_bytes())
+
+    outputs = []
+    for journal in (zeroed, plain):
+        assert audit.main(["--journal", str(journal), "--csv"]) == 0
+        assert audit.main(["--journal", str(journal), "--verify"]) == 0
+        outputs.append(capsys.readouterr().out.replace(str(journal.parent), "DIR"))
+    assert outputs[0] == outputs[1]
+    assert "audit verify: OK" in outputs[0] and outputs[0].count("desk") >= 5
+    assert zeroed.stat().st_size > engine.journal.offset  # a reader leaves the file alone
+
+
+def test_a_checkpoint_inside_the_zero_tail_is_ahead_of_the_journal(tmp_path, caplog):
+    """The file's size no longer says where the records end: a checkpoint whose offset
+    falls among the zeros (its records were lost) is ignored, as one past the end was."""
+    path = tmp_path / "j"
+    engine = crashed_with_a_zero_tail(path)
+    checkpoint = path.with_name("j.checkpoint")
+    empty = {"book": Book(TICKERS).to_state(), "last_seq": {}}  # were it used: no fills
+    write_checkpoint(checkpoint, engine.journal.header.journal_id, engine.journal.offset + 64,
+                     empty)
+    recovered = recover(path, checkpoint, TICKERS)
+    assert "checkpoint is ahead of the journal" in caplog.text
+    assert recovered.book == engine.book and recovered.last_seq == {"aum": 1, "desk": 5}
+
+
 # -- a journal says what it means -----------------------------------------------------------
 def test_a_journal_written_under_other_rules_is_refused(tmp_path):
     path = tmp_path / "j"
@@ -368,16 +530,16 @@ def test_a_full_disk_cuts_the_batch_back_and_the_writer_stays_usable(tmp_path, m
     writer.commit()
     end = writer.offset
     writer.append(["F", "s", 2, "AAPL", 1, 1])
-    real = os.write
+    real = os.pwrite
     calls = iter([10, None])
 
-    def partial_then_full(fd: int, data) -> int:
+    def partial_then_full(fd: int, data, offset: int) -> int:
         size = next(calls)
         if size is None:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, bytes(data[:size]))
+        return real(fd, bytes(data[:size]), offset)
 
-    monkeypatch.setattr(journal_module.os, "write", partial_then_full)
+    monkeypatch.setattr(journal_module.os, "pwrite", partial_then_full)
     with pytest.raises(JournalFull):
         writer.commit()
     monkeypatch.undo()

@@ -184,11 +184,42 @@ def test_a_journal_left_unsynced_by_a_killed_process_is_synced_when_reopened(tmp
     with mounted(disk):
         writer = JournalWriter(path, header=HEADER)
         writer.append(_fill(1))
-        writer._write_batch()  # written, then the process is killed before its fsync
+        writer._write_batch()  # written, then the process is killed before its sync
         writer.abandon()
-        assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": 1}
+        assert recover(path, None, ["AAPL"], repair=False).last_seq == {"desk@1": 1}
         assert disk.durable[path] != path.read_bytes()  # recovery read what no disk holds
         JournalWriter(path, header=HEADER).abandon()  # the restart opens it: now durable
         assert disk.durable[path] == path.read_bytes()
         disk.power_cut()
         assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": 1}
+
+
+# -- the journal written in place --------------------------------------------------------------
+def test_a_power_cut_between_an_in_place_write_and_its_sync_tears_it_before_the_zeros(tmp_path):
+    """Whatever prefix of an unsynced batch a power cut keeps, the rest reads as the zeros
+    that were there: recovery keeps the synced records and whole records of the batch, cuts
+    the torn one, and the restarted writer goes on from there."""
+    kept = set()
+    for seed in range(40):
+        disk = SimDisk(tmp_path / f"disk-{seed}", Scheduler(), random.Random(seed), 1 << 30)
+        path = disk.root / "journal"
+        with mounted(disk):
+            writer = JournalWriter(path, header=HEADER, preallocate=4096)
+            writer.append(_fill(1))
+            writer.commit()
+            for seq in (2, 3):
+                writer.append(_fill(seq))
+            writer._write_batch()  # written in place; the machine dies before fdatasync
+            writer.abandon()
+            disk.power_cut()
+            assert path.stat().st_size == 4096  # the pre-allocated size was durable
+            state = recover(path, None, ["AAPL"])
+            last = state.last_seq["desk@1"]
+            kept.add(last)
+            assert path.stat().st_size == state.end  # torn record and zeros cut off
+            restarted = JournalWriter(path, header=HEADER, preallocate=4096)
+            assert restarted.offset == state.end
+            restarted.append(_fill(last + 1))
+            restarted.close()
+            assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": last + 1}
+    assert kept == {1, 2, 3}  # none, one or both records of the batch reached the disk
