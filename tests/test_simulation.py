@@ -37,6 +37,7 @@ CAUGHT_BY = {
     "skipped-duplicate-check": 0,
     "sell-may-go-short": 0,
     "failed-fsync-left-in-cache": 31,
+    "torn-before-zeros-is-corruption": 2,
 }
 FAULTS = ("power_cuts", "torn", "fsync_errors", "write_errors", "full", "corrupted",
           "bad_checkpoints")
@@ -101,12 +102,14 @@ def test_plants_are_undone():
     from controller import book, journal, sequencer
 
     before = (journal.JournalWriter.commit, journal.JournalWriter.sync,
-              journal.JournalWriter._cut_unsynced, sequencer.Sequencer.offer, book.exact_rule)
+              journal.JournalWriter._cut_unsynced, sequencer.Sequencer.offer, book.exact_rule,
+              journal._record_problem)
     for plant in PLANTS:
         with planted(plant):
             pass
     after = (journal.JournalWriter.commit, journal.JournalWriter.sync,
-             journal.JournalWriter._cut_unsynced, sequencer.Sequencer.offer, book.exact_rule)
+             journal.JournalWriter._cut_unsynced, sequencer.Sequencer.offer, book.exact_rule,
+             journal._record_problem)
     assert after == before
 
 

@@ -7,6 +7,9 @@ committed into production code: each is a patch that lives only inside `planted`
 - `sell-may-go-short`: sells are split by target alone, ignoring what each account holds.
 - `failed-fsync-left-in-cache`: the real bug the simulator found (fixed in 02b37a2): after a
   failed fsync the batch stays in the page cache, for a restarted controller to read back.
+- `torn-before-zeros-is-corruption`: the reader of the append-only journal, for which a bad
+  last record was torn only when nothing at all followed it: a batch torn in place, zeros
+  after it, then reads as corruption and the controller cannot start.
 """
 
 from __future__ import annotations
@@ -74,12 +77,28 @@ def _failed_fsync_left_in_cache() -> list[tuple[Any, str, Any]]:
     return [(journal.JournalWriter, "_cut_unsynced", keep)]
 
 
+def _torn_before_zeros_is_corruption() -> list[tuple[Any, str, Any]]:
+    real_problem = journal._record_problem
+
+    def problem(data: bytes, offset: int, size: int, content: int) -> tuple[bool, str] | None:
+        found = real_problem(data, offset, size, content)
+        if found == (True, "a last record with a bad checksum"):
+            end = offset + journal.RECORD_HEADER.size + journal.RECORD_HEADER.unpack_from(
+                data, offset)[0]
+            if end != size:
+                return False, "checksum mismatch"
+        return found
+
+    return [(journal, "_record_problem", problem)]
+
+
 PLANTS = {
     "ack-before-fsync": _ack_before_fsync,
     "retried-fsync": _retried_fsync,
     "skipped-duplicate-check": _skipped_duplicate_check,
     "sell-may-go-short": _sell_may_go_short,
     "failed-fsync-left-in-cache": _failed_fsync_left_in_cache,
+    "torn-before-zeros-is-corruption": _torn_before_zeros_is_corruption,
 }
 
 
