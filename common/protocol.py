@@ -192,7 +192,11 @@ class RejectedNotice:
     seq: int | None = None
 
 
-Output = Allocated | Ack | RejectedNotice
+#: An event already encoded as its two frames (topic, body) by the engine's compiled path:
+#: byte for byte what `encode_output` makes of the Allocated the Python path would queue.
+EncodedEvent = tuple[bytes, bytes]
+
+Output = Allocated | Ack | RejectedNotice | EncodedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +320,8 @@ def rejected_topic(source: str) -> bytes:
 
 def encode_output(output: Output, instance: str) -> list[bytes]:
     """The two frames that publish one output; `instance` names the controller process."""
+    if type(output) is tuple:  # encoded by the compiled path
+        return list(output)
     if type(output) is Allocated:
         return allocation_frames(output)
     if type(output) is Ack:

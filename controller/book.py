@@ -62,8 +62,14 @@ class Rule:
 
 
 def exact_rule() -> Rule:
-    """The controller's rule: the exact optimum of controller/allocator.py, both sides."""
-    return Rule("exact", allocator.allocate_integral, allocator.allocate_sell_integral)
+    """The controller's rule: the exact optimum of controller/allocator.py, both sides, run
+    by the C kernel when it is built (controller.native: the same results, and the Python
+    functions beyond the kernel's int128 bound); without it, the Python functions alone."""
+    from controller import native  # here: this function is the book's one use of it
+
+    if not native.available():
+        return Rule("exact", allocator.allocate_integral, allocator.allocate_sell_integral)
+    return Rule("exact", native.buy_integral, native.sell_integral)
 
 
 class Book:
@@ -93,12 +99,14 @@ class Book:
         self.fills_allocated = 0
         self.splits_applied = 0
         self.rejected = 0
+        self.revision = 0  # bumped by every change, so a cache of the book knows it is stale
 
     # -- the one mutator -----------------------------------------------------------------
     def apply(self, item: Input) -> list[Decision]:
         """Apply one input and say what happened: a fill is Allocated or Held; a split is
         SplitApplied, followed by an Allocated for each fill that was waiting for it; a
         rejection record is counted and returned as its own decision."""
+        self.revision += 1
         if type(item) is Fill:
             return [self._apply_fill(item)]
         if type(item) is Split:

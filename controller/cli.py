@@ -32,6 +32,9 @@ log = logging.getLogger("controller")
 
 EXIT_BAD_SETTINGS = 2
 EXIT_JOURNAL_FAILED = 3  # a journal write or fsync failed: restart, recovery decides
+ENGINE_COMPILED = "compiled"  # common-case fills through the compiled path, when it is built
+ENGINE_PYTHON = "python"  # the pure Python engine only (the reference)
+ENGINES = (ENGINE_COMPILED, ENGINE_PYTHON)
 
 DEFAULTS = {
     "inputs": "tcp://127.0.0.1:5555",
@@ -44,6 +47,7 @@ DEFAULTS = {
     "checkpoint_interval": 60.0,
     "source_retire_after": 3600.0,
     "valuation": "book",
+    "engine": ENGINE_COMPILED,
     "log_level": "INFO",
     **security.SERVER_DEFAULTS,
 }
@@ -78,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--valuation", choices=VALUATIONS, help="account value: book (cash in) or market"
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="compiled (default: the compiled path for common-case fills when it is built, "
+        "same results) or python (the reference engine only)",
+    )
     security.add_flags(p, server=True)
     return p
 
@@ -106,6 +116,8 @@ def setting_problem(args: argparse.Namespace) -> str | None:
         return "tickers must name at least one ticker"
     if args.valuation not in VALUATIONS:
         return f"valuation must be one of {', '.join(VALUATIONS)}, got {args.valuation!r}"
+    if args.engine not in ENGINES:
+        return f"engine must be one of {', '.join(ENGINES)}, got {args.engine!r}"
     return None
 
 
@@ -143,7 +155,9 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
 
     def recovered_engine(journal: JournalWriter | None, dead: DeadLetters | None) -> Engine:
         state = recover(journal_path, checkpoint_path, args.tickers, args.valuation)
-        return Engine.from_recovered(state, journal, dead)
+        return Engine.from_recovered(state, journal, dead, compiled)
+
+    compiled = args.engine == ENGINE_COMPILED
 
     try:
         settle(journal_path)  # what recovery reads must be what the disk holds
@@ -168,12 +182,13 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
         log.error("cannot start: cannot write journal %s: %s", journal_path, exc.strerror)
         return EXIT_BAD_SETTINGS
     log.info(
-        "recovered %s in %.3f s: %d fills allocated, %d pending, %d sources",
+        "recovered %s in %.3f s: %d fills allocated, %d pending, %d sources; %s engine",
         journal_path,
         time.monotonic() - started,
         engine.book.fills_allocated,
         len(engine.book.pending),
         len(engine.sequencer.last_seq),
+        "compiled" if engine.fast is not None else "pure Python",
     )
     journal, dead = engine.journal, engine.deadletters
     ctx = zmq.Context()

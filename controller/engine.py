@@ -14,11 +14,19 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.history import Recovered
 from common.protocol import (
     FILL,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_SEQ,
+    PRICE_SCALE,
     SPLIT,
+    TOPIC_ALLOCATION,
     Ack,
     Allocated,
     Fill,
@@ -33,6 +41,7 @@ from common.protocol import (
     pack,
     wire_fill,
 )
+from controller import native
 from controller.book import Book
 from controller.deadletter import DeadLetters
 from controller.journal import JournalWriter, encode_input, write_checkpoint
@@ -69,9 +78,13 @@ class Engine:
         deadletters: DeadLetters | None = None,
         sequencer: Sequencer[Input] | None = None,
         authorize: Authorize | None = None,
+        compiled: bool = False,
     ) -> None:
         """`authorize`, when given, decides per message whether its sender's key may speak
-        for its source (CURVE identities); without it every sender may."""
+        for its source (CURVE identities); without it every sender may. `compiled` takes
+        common-case fills through the compiled path when it is built (controller/native.py):
+        the same journal records, events and book as the Python path, which stays the
+        reference and takes everything else."""
         self.tickers = frozenset(book.tickers)
         self.authorize = authorize
         self.refused = 0
@@ -83,6 +96,28 @@ class Engine:
         self._rejections_logged = 0
         self._outbox: list[Output] = []
         self._touched: set[str] = set()
+        self.fast = self._compiled_path() if compiled else None
+
+    def _compiled_path(self) -> Any:
+        """The compiled path bound to this engine's state, or None when it is not built."""
+        if native.hotpath is None:
+            return None
+        return native.hotpath.HotPath(
+            engine=self,
+            book=self.book,
+            tickers=self.tickers,
+            last_seq=self.sequencer.last_seq,
+            waiting=self.sequencer.waiting,
+            touched=self._touched,
+            outbox=self._outbox,  # never replaced: commit empties it in place
+            topic=TOPIC_ALLOCATION,
+            max_message=MAX_MESSAGE_BYTES,
+            max_name=MAX_NAME_LENGTH,
+            price_scale=PRICE_SCALE,
+            max_price=MAX_PRICE,
+            max_quantity=MAX_QUANTITY,
+            max_seq=MAX_SEQ,
+        )
 
     @classmethod
     def from_recovered(
@@ -90,14 +125,18 @@ class Engine:
         recovered: Recovered,
         journal: JournalWriter | None = None,
         deadletters: DeadLetters | None = None,
+        compiled: bool = False,
     ) -> Engine:
         """An engine carrying on from a recovered book and per-source seqs."""
-        return cls(recovered.book, journal, deadletters, Sequencer(recovered.last_seq))
+        sequencer: Sequencer[Input] = Sequencer(recovered.last_seq)
+        return cls(recovered.book, journal, deadletters, sequencer, compiled=compiled)
 
     # -- the hot path --------------------------------------------------------------------
     def receive(self, raw: bytes, sender: str | None = None) -> None:
         """Take one raw input message (from the key `sender`, when keys are in use); its
         effects wait in the batch until `commit`."""
+        if self.fast is not None and self.fast.receive(raw, sender):
+            return  # a common-case fill, taken whole by the compiled path
         try:
             item = decode_input(raw, self.tickers)
         except Exception as exc:  # a validation bug must cost one message, never the process
@@ -187,7 +226,8 @@ class Engine:
         if self.deadletters is not None:
             self.deadletters.flush()
         last_seq = self.sequencer.last_seq
-        outputs, self._outbox = self._outbox, []
+        outputs = self._outbox.copy()
+        self._outbox.clear()  # the same list: the compiled path appends to it
         # 0 for a source seen only behind a gap: "nothing yet"
         outputs.extend(Ack(source, last_seq.get(source, 0)) for source in self._touched)
         self._touched.clear()

@@ -67,6 +67,11 @@ class Sequencer(Generic[Item]):
     def held(self) -> int:
         return self._held_count
 
+    @property
+    def waiting(self) -> dict[str, dict[int, Item]]:
+        """Sources with messages held behind a gap (read-only: the compiled path checks it)."""
+        return self._held
+
     def is_waiting(self, source: str) -> bool:
         """Whether messages of `source` wait behind a gap (it is not fully acknowledged)."""
         return source in self._held
