@@ -515,6 +515,11 @@ class ControllerNode:
             engine = self._recovered(None)
             engine.journal = JournalWriter(self.journal_path, header=header,
                                            preallocate=PREALLOCATE_BYTES)
+        except SimCrash as crash:  # the machine died during recovery or the journal's open
+            if crash.power_cut:
+                run.disk.power_cut()
+            self._gone(f"{crash} while starting")
+            return
         except JournalCorrupt as exc:
             run.fail(f"the controller cannot start: {exc}")
         except OSError as exc:  # the CLI exits (code 2) and the launcher starts it again
