@@ -99,17 +99,18 @@ class Book:
         self.fills_allocated = 0
         self.splits_applied = 0
         self.rejected = 0
-        self.revision = 0  # bumped by every change, so a cache of the book knows it is stale
+        self.revision = 0  # bumped by every fill or split applied: a cache of the book is stale
 
     # -- the one mutator -----------------------------------------------------------------
     def apply(self, item: Input) -> list[Decision]:
         """Apply one input and say what happened: a fill is Allocated or Held; a split is
         SplitApplied, followed by an Allocated for each fill that was waiting for it; a
         rejection record is counted and returned as its own decision."""
-        self.revision += 1
         if type(item) is Fill:
+            self.revision += 1
             return [self._apply_fill(item)]
         if type(item) is Split:
+            self.revision += 1
             return self._apply_split(item)
         if type(item) is Rejected:
             self.rejected += 1

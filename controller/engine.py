@@ -88,7 +88,7 @@ class Engine:
         self.tickers = frozenset(book.tickers)
         self.authorize = authorize
         self.refused = 0
-        self.book = book
+        self._book = book
         self.sequencer: Sequencer[Input] = sequencer if sequencer is not None else Sequencer()
         self.journal = journal
         self.deadletters = deadletters
@@ -104,7 +104,7 @@ class Engine:
             return None
         return native.hotpath.HotPath(
             engine=self,
-            book=self.book,
+            book=self._book,
             tickers=self.tickers,
             last_seq=self.sequencer.last_seq,
             waiting=self.sequencer.waiting,
@@ -118,6 +118,13 @@ class Engine:
             max_quantity=MAX_QUANTITY,
             max_seq=MAX_SEQ,
         )
+
+    @property
+    def book(self) -> Book:
+        """The book, with every fill the compiled path took written back into it."""
+        if self.fast is not None:
+            self.fast.flush()
+        return self._book
 
     @classmethod
     def from_recovered(

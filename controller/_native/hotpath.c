@@ -12,8 +12,11 @@
  *
  * The book stays the Python object it always was; this keeps int64 mirrors of the numbers
  * the rule reads (values, weights, ranks, holdings per ticker), rebuilt whenever
- * `book.version` says the book was changed by the Python path (Book.apply bumps it), and
- * written through to the Python objects on every fill it allocates.
+ * `book.revision` says the Python path changed the book (Book.apply bumps it). A fill taken
+ * here changes the mirror only and marks what it changed; `flush()` writes that back into
+ * the book's Python objects. The engine flushes before anything reads its book (its `book`
+ * property), so no reader ever sees the book behind the journal: a fill reaching a
+ * thousand accounts then costs a thousand int64 updates, not a thousand Python objects.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -53,7 +56,7 @@ typedef struct {
     int64_t max_price;
     int64_t max_quantity;
     int64_t max_seq;
-    /* the mirror of the book, valid while book.version == version */
+    /* the mirror of the book, valid while book.revision == version */
     long long version;
     int synced;
     int usable;
@@ -65,6 +68,19 @@ typedef struct {
     int64_t *held_total;  /* shares held per ticker over all accounts */
     Py_ssize_t *who;      /* the accounts that received shares in this fill, in book order */
     Py_ssize_t recipients;
+    const char **name;    /* each account's name in UTF-8 (owned by the accounts list) */
+    Py_ssize_t *name_len;
+    /* what fills taken here changed, not yet written back into the book (flush) */
+    unsigned char *value_dirty;   /* per account */
+    Py_ssize_t *dirty_values;
+    Py_ssize_t ndirty_values;
+    unsigned char *cell_dirty;    /* per (ticker, account): cell t*n + i */
+    size_t *dirty_cells;
+    Py_ssize_t ndirty_cells;
+    int64_t *price;               /* per ticker: the last fill price taken here */
+    unsigned char *price_dirty;
+    long long fills_unflushed;
+    int unflushed;
     mp_buf record;
     mp_buf body;
     unsigned long long handled;
@@ -82,9 +98,23 @@ static void mirror_free(HotPath *self)
     PyMem_Free(self->shares);
     PyMem_Free(self->held_total);
     PyMem_Free(self->who);
+    PyMem_Free(self->name);
+    PyMem_Free(self->name_len);
+    PyMem_Free(self->value_dirty);
+    PyMem_Free(self->dirty_values);
+    PyMem_Free(self->cell_dirty);
+    PyMem_Free(self->dirty_cells);
+    PyMem_Free(self->price);
+    PyMem_Free(self->price_dirty);
     self->value = self->weight = self->rank = self->holding = self->shares = NULL;
-    self->held_total = NULL;
-    self->who = NULL;
+    self->held_total = self->price = NULL;
+    self->who = self->name_len = self->dirty_values = NULL;
+    self->name = NULL;
+    self->value_dirty = self->cell_dirty = self->price_dirty = NULL;
+    self->dirty_cells = NULL;
+    self->ndirty_values = self->ndirty_cells = 0;
+    self->fills_unflushed = 0;
+    self->unflushed = 0;
     Py_CLEAR(self->accounts);
     Py_CLEAR(self->values);
     Py_CLEAR(self->positions);
@@ -159,6 +189,12 @@ done:
 /* Rebuild the mirror from the book (after the Python path changed it). 0 ok, -1 error. */
 static int mirror_sync(HotPath *self, long long version)
 {
+    if (self->unflushed) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the book changed while fills taken by the compiled path were not "
+                        "written back into it (the engine flushes before the book is read)");
+        return -1;
+    }
     mirror_free(self);
     self->version = version;
     self->synced = 1;
@@ -188,8 +224,18 @@ static int mirror_sync(HotPath *self, long long version)
     self->holding = PyMem_Calloc(cells, sizeof(int64_t));
     self->held_total = PyMem_Calloc(self->ntickers ? self->ntickers : 1, sizeof(int64_t));
     self->who = PyMem_Malloc(sizeof(Py_ssize_t) * n);
+    self->name = PyMem_Malloc(sizeof(char *) * n);
+    self->name_len = PyMem_Malloc(sizeof(Py_ssize_t) * n);
+    self->value_dirty = PyMem_Calloc(n, 1);
+    self->dirty_values = PyMem_Malloc(sizeof(Py_ssize_t) * n);
+    self->cell_dirty = PyMem_Calloc(cells, 1);
+    self->dirty_cells = PyMem_Malloc(sizeof(size_t) * cells);
+    self->price = PyMem_Calloc(self->ntickers ? self->ntickers : 1, sizeof(int64_t));
+    self->price_dirty = PyMem_Calloc(self->ntickers ? self->ntickers : 1, 1);
     if (!self->value || !self->weight || !self->rank || !self->shares || !self->holding ||
-        !self->held_total || !self->who) {
+        !self->held_total || !self->who || !self->name || !self->name_len ||
+        !self->value_dirty || !self->dirty_values || !self->cell_dirty || !self->dirty_cells ||
+        !self->price || !self->price_dirty) {
         PyErr_NoMemory();
         goto error;
     }
@@ -202,8 +248,11 @@ static int mirror_sync(HotPath *self, long long version)
         goto unusable;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyUnicode_Check(PyList_GET_ITEM(self->accounts, i)))
+        PyObject *account = PyList_GET_ITEM(self->accounts, i);
+        if (!PyUnicode_Check(account))
             goto unusable;
+        if (!(self->name[i] = PyUnicode_AsUTF8AndSize(account, &self->name_len[i])))
+            goto error;
         PyObject *held = PyList_GET_ITEM(self->positions, i);
         if (!PyDict_Check(held))
             goto unusable;
@@ -407,11 +456,7 @@ static int write_event(HotPath *self, const FastFill *f)
     mp_put_map_header(b, (size_t)self->recipients);
     for (Py_ssize_t k = 0; k < self->recipients; k++) {
         Py_ssize_t i = self->who[k];
-        Py_ssize_t len;
-        const char *name = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(self->accounts, i), &len);
-        if (name == NULL)
-            return -1;
-        mp_put_str(b, name, (size_t)len);
+        mp_put_str(b, self->name[i], (size_t)self->name_len[i]);
         mp_put_int(b, self->shares[i]);
     }
     if (b->failed) {
@@ -464,41 +509,45 @@ static int authorized(HotPath *self, PyObject *sender, PyObject *source)
     return ok;
 }
 
-/* New Python ints for every value and holding the fill changes, checked to fit int64
- * first; 0 (nothing changed, nothing left allocated) if one would not. -1 on error. */
-static int new_numbers(HotPath *self, const FastFill *f, PyObject **values, PyObject **counts)
+/* Allocate the fill on the mirror into shares/who: 1 done, 0 the Python path must (an
+ * over-sell, or numbers past int64/int128), -1 error. Changes nothing of the book. */
+static int allocate(HotPath *self, const FastFill *f)
 {
-    int64_t *held = self->holding + (size_t)f->ticker * self->n;
-    Py_ssize_t k = 0;
-    for (Py_ssize_t r = 0; r < self->recipients; r++) {
-        Py_ssize_t i = self->who[r];
+    Py_ssize_t n = self->n;
+    int64_t *held = self->holding + (size_t)f->ticker * n;
+    int64_t total;
+    int rc;
+    if (f->sell) {
+        if (f->quantity > self->held_total[f->ticker])
+            return 0; /* an over-sell: the Python path rejects it, with its reason */
+        rc = fa_sell((size_t)n, self->value, self->weight, self->rank, f->price_units,
+                     f->quantity, held, self->shares);
+    } else {
+        if (__builtin_add_overflow(self->held_total[f->ticker], f->quantity, &total))
+            return 0;
+        rc = fa_buy((size_t)n, self->value, self->weight, self->rank, f->price_units,
+                    f->quantity, self->shares);
+    }
+    if (rc == FA_NOMEM) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (rc != FA_OK)
+        return 0; /* beyond int128: the Python path's big integers */
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
         int64_t x = self->shares[i];
-        int64_t money, value, count;
-        values[k] = counts[k] = NULL;
+        if (!x)
+            continue;
+        int64_t money, value;
         if (__builtin_mul_overflow(x, f->price_units, &money) ||
             __builtin_add_overflow(self->value[i], f->sell ? -money : money, &value) ||
-            __builtin_add_overflow(held[i], f->sell ? -x : x, &count))
-            goto no;
-        if (!(values[k] = PyLong_FromLongLong(value)) ||
-            !(counts[k] = count ? PyLong_FromLongLong(count) : Py_NewRef(Py_None))) {
-            k++;
-            goto error;
-        }
-        k++;
+            (!f->sell && __builtin_add_overflow(held[i], x, &total)))
+            return 0; /* a value past int64: the Python path's big integers */
+        self->who[count++] = i;
     }
+    self->recipients = count;
     return 1;
-no:
-    for (Py_ssize_t j = 0; j < k; j++) {
-        Py_DECREF(values[j]);
-        Py_DECREF(counts[j]);
-    }
-    return 0;
-error:
-    for (Py_ssize_t j = 0; j < k; j++) {
-        Py_XDECREF(values[j]);
-        Py_XDECREF(counts[j]);
-    }
-    return -1;
 }
 
 /* Append the framed record to the batch of the engine's journal (read each time: the
@@ -531,62 +580,47 @@ static int append_journal_record(HotPath *self)
     return 0;
 }
 
-static int bump(PyObject *obj, PyObject *name, long long to)
+/* Sequence, journal and queue the allocated fill, then apply it to the mirror, marking
+ * what changed for flush(). */
+static int commit_fill(HotPath *self, const FastFill *f, PyObject *source, PyObject *event)
 {
-    PyObject *v = PyLong_FromLongLong(to);
-    if (v == NULL)
+    PyObject *seq = PyLong_FromLongLong(f->seq);
+    if (seq == NULL)
         return -1;
-    int rc = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return rc;
-}
-
-/* Apply the allocated fill to the Python book and the mirror (the point of no return). */
-static int commit_fill(HotPath *self, const FastFill *f, PyObject *source, PyObject **values,
-                       PyObject **counts, PyObject *event, long long version)
-{
-    PyObject *ticker = self->tickers[f->ticker].str;
-    int64_t *held = self->holding + (size_t)f->ticker * self->n;
-    PyObject *seq = NULL, *price = NULL, *fills = NULL;
     int rc = -1;
-    if (append_journal_record(self) < 0)
-        return -1;
-    if (!(seq = PyLong_FromLongLong(f->seq)) || PyDict_SetItem(self->last_seq, source, seq) < 0 ||
-        PySet_Add(self->touched, source) < 0)
+    if (PyList_Append(self->outbox, event) < 0) /* first: the one step that may grow */
         goto done;
+    if (append_journal_record(self) < 0 || PyDict_SetItem(self->last_seq, source, seq) < 0 ||
+        PySet_Add(self->touched, source) < 0) {
+        /* cannot happen short of memory; the batch is then not committed (fail-stop) */
+        goto done;
+    }
+    Py_ssize_t n = self->n;
+    size_t base = (size_t)f->ticker * n;
     for (Py_ssize_t k = 0; k < self->recipients; k++) {
         Py_ssize_t i = self->who[k];
         int64_t x = self->shares[i];
         int64_t money = x * f->price_units;
         self->value[i] += f->sell ? -money : money;
-        held[i] += f->sell ? -x : x;
-        PyList_SetItem(self->values, i, values[k]); /* steals the reference */
-        values[k] = NULL;
-        PyObject *positions = PyList_GET_ITEM(self->positions, i);
-        int ok = counts[k] == Py_None ? PyDict_DelItem(positions, ticker)
-                                      : PyDict_SetItem(positions, ticker, counts[k]);
-        Py_CLEAR(counts[k]);
-        if (ok < 0)
-            goto done;
+        self->holding[base + i] += f->sell ? -x : x;
+        if (!self->value_dirty[i]) {
+            self->value_dirty[i] = 1;
+            self->dirty_values[self->ndirty_values++] = i;
+        }
+        if (!self->cell_dirty[base + i]) {
+            self->cell_dirty[base + i] = 1;
+            self->dirty_cells[self->ndirty_cells++] = base + i;
+        }
     }
     self->held_total[f->ticker] += f->sell ? -f->quantity : f->quantity;
-    if (!(price = PyLong_FromLongLong(f->price_units)) ||
-        PyDict_SetItem(self->last_price, ticker, price) < 0)
-        goto done;
-    if (!(fills = PyObject_GetAttr(self->book, s_fills_allocated)))
-        goto done;
-    long long allocated = PyLong_AsLongLong(fills);
-    if ((allocated == -1 && PyErr_Occurred()) ||
-        bump(self->book, s_fills_allocated, allocated + 1) < 0 ||
-        bump(self->book, s_version, version + 1) < 0 || PyList_Append(self->outbox, event) < 0)
-        goto done;
-    self->version = version + 1;
+    self->price[f->ticker] = f->price_units;
+    self->price_dirty[f->ticker] = 1;
+    self->fills_unflushed++;
+    self->unflushed = 1;
     self->handled++;
     rc = 0;
 done:
-    Py_XDECREF(seq);
-    Py_XDECREF(price);
-    Py_XDECREF(fills);
+    Py_DECREF(seq);
     return rc;
 }
 
@@ -599,8 +633,6 @@ static long long book_version(HotPath *self)
     Py_DECREF(v);
     return version;
 }
-
-#define STACK_RECIPIENTS 64
 
 static PyObject *HotPath_receive(HotPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -624,80 +656,24 @@ static PyObject *HotPath_receive(HotPath *self, PyObject *const *args, Py_ssize_
     if (source == NULL)
         return NULL;
     PyObject *event = NULL, *body = NULL;
-    PyObject *stack_values[STACK_RECIPIENTS], *stack_counts[STACK_RECIPIENTS];
-    PyObject **values = stack_values, **counts = stack_counts;
     int step = is_next(self, source, f.seq);
     if (step == 1)
         step = authorized(self, sender, source);
-    if (step <= 0)
-        goto out;
-
-    Py_ssize_t n = self->n;
-    int64_t *held = self->holding + (size_t)f.ticker * n;
-    int rc;
-    if (f.sell) {
-        if (f.quantity > self->held_total[f.ticker]) {
-            step = 0; /* an over-sell: the Python path rejects it, with its reason */
-            goto out;
-        }
-        rc = fa_sell((size_t)n, self->value, self->weight, self->rank, f.price_units, f.quantity,
-                     held, self->shares);
-    } else {
-        int64_t total;
-        if (__builtin_add_overflow(self->held_total[f.ticker], f.quantity, &total)) {
-            step = 0;
-            goto out;
-        }
-        rc = fa_buy((size_t)n, self->value, self->weight, self->rank, f.price_units, f.quantity,
-                    self->shares);
-    }
-    if (rc == FA_NOMEM) {
-        PyErr_NoMemory();
-        step = -1;
-        goto out;
-    }
-    if (rc != FA_OK) {
-        step = 0; /* beyond int128: the Python path's big integers */
-        goto out;
-    }
-    Py_ssize_t most = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (self->shares[i])
-            self->who[most++] = i;
-    self->recipients = most;
-    if (most > STACK_RECIPIENTS) {
-        values = PyMem_Malloc(sizeof(PyObject *) * most);
-        counts = PyMem_Malloc(sizeof(PyObject *) * most);
-        if (!values || !counts) {
-            PyErr_NoMemory();
+    if (step == 1)
+        step = allocate(self, &f);
+    if (step == 1) {
+        write_record(self, &f);
+        if (self->record.failed || write_event(self, &f) < 0 ||
+            !(body = PyBytes_FromStringAndSize((const char *)self->body.data,
+                                               (Py_ssize_t)self->body.len)) ||
+            !(event = PyTuple_Pack(2, self->topic, body))) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
             step = -1;
-            goto out;
+        } else {
+            step = commit_fill(self, &f, source, event) < 0 ? -1 : 1;
         }
     }
-    if ((step = new_numbers(self, &f, values, counts)) <= 0)
-        goto out;
-    write_record(self, &f);
-    if (self->record.failed || write_event(self, &f) < 0 ||
-        !(body = PyBytes_FromStringAndSize((const char *)self->body.data,
-                                           (Py_ssize_t)self->body.len)) ||
-        !(event = PyTuple_Pack(2, self->topic, body))) {
-        if (self->record.failed && !PyErr_Occurred())
-            PyErr_NoMemory();
-        for (Py_ssize_t j = 0; j < most; j++) {
-            Py_DECREF(values[j]);
-            Py_DECREF(counts[j]);
-        }
-        step = -1;
-        goto out;
-    }
-    step = commit_fill(self, &f, source, values, counts, event, version) < 0 ? -1 : 1;
-    if (step < 0)
-        self->synced = 0; /* a failure half-way: rebuild the mirror from the book */
-out:
-    if (values != stack_values)
-        PyMem_Free(values);
-    if (counts != stack_counts)
-        PyMem_Free(counts);
     Py_XDECREF(event);
     Py_XDECREF(body);
     Py_DECREF(source);
@@ -709,6 +685,81 @@ out:
 decline:
     self->declined++;
     Py_RETURN_FALSE;
+}
+
+static int bump(PyObject *obj, PyObject *name, long long to)
+{
+    PyObject *v = PyLong_FromLongLong(to);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* Write what fills taken here changed back into the book's Python objects. Idempotent: a
+ * failure half-way leaves the marks, and the next flush writes the same numbers again. */
+static PyObject *HotPath_flush(HotPath *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->unflushed)
+        Py_RETURN_NONE;
+    Py_ssize_t n = self->n;
+    for (Py_ssize_t k = 0; k < self->ndirty_values; k++) {
+        Py_ssize_t i = self->dirty_values[k];
+        PyObject *v = PyLong_FromLongLong(self->value[i]);
+        if (v == NULL)
+            return NULL;
+        PyList_SetItem(self->values, i, v); /* steals the reference */
+    }
+    for (Py_ssize_t k = 0; k < self->ndirty_cells; k++) {
+        size_t cell = self->dirty_cells[k];
+        PyObject *positions = PyList_GET_ITEM(self->positions, (Py_ssize_t)(cell % n));
+        PyObject *ticker = self->tickers[cell / n].str;
+        int64_t count = self->holding[cell];
+        int rc;
+        if (count) {
+            PyObject *c = PyLong_FromLongLong(count);
+            if (c == NULL)
+                return NULL;
+            rc = PyDict_SetItem(positions, ticker, c);
+            Py_DECREF(c);
+        } else {
+            rc = PyDict_Contains(positions, ticker);
+            if (rc == 1)
+                rc = PyDict_DelItem(positions, ticker);
+        }
+        if (rc < 0)
+            return NULL;
+    }
+    for (int t = 0; t < self->ntickers; t++) {
+        if (!self->price_dirty[t])
+            continue;
+        PyObject *price = PyLong_FromLongLong(self->price[t]);
+        if (price == NULL)
+            return NULL;
+        int rc = PyDict_SetItem(self->last_price, self->tickers[t].str, price);
+        Py_DECREF(price);
+        if (rc < 0)
+            return NULL;
+    }
+    PyObject *fills = PyObject_GetAttr(self->book, s_fills_allocated);
+    if (fills == NULL)
+        return NULL;
+    long long allocated = PyLong_AsLongLong(fills);
+    Py_DECREF(fills);
+    if ((allocated == -1 && PyErr_Occurred()) ||
+        bump(self->book, s_fills_allocated, allocated + self->fills_unflushed) < 0)
+        return NULL;
+    /* written back: clear the marks */
+    for (Py_ssize_t k = 0; k < self->ndirty_values; k++)
+        self->value_dirty[self->dirty_values[k]] = 0;
+    for (Py_ssize_t k = 0; k < self->ndirty_cells; k++)
+        self->cell_dirty[self->dirty_cells[k]] = 0;
+    memset(self->price_dirty, 0, self->ntickers ? self->ntickers : 1);
+    self->ndirty_values = self->ndirty_cells = 0;
+    self->fills_unflushed = 0;
+    self->unflushed = 0;
+    Py_RETURN_NONE;
 }
 
 /* -- the type ---------------------------------------------------------------------------- */
@@ -827,6 +878,8 @@ static PyMethodDef HotPath_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))HotPath_receive, METH_FASTCALL,
      "receive(raw, sender=None) -> bool: take one common-case fill (True), or change "
      "nothing and leave the message to the Python engine (False)."},
+    {"flush", (PyCFunction)HotPath_flush, METH_NOARGS,
+     "flush(): write what fills taken here changed back into the book's Python objects."},
     {"counts", (PyCFunction)HotPath_counts, METH_NOARGS,
      "counts() -> {'handled': n, 'declined': n}: messages taken and left, since start."},
     {NULL, NULL, 0, NULL},
