@@ -585,3 +585,10 @@ def test_invalid_fsync_policy_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="fsync policy"):
         JournalWriter(tmp_path / "j", fsync="sometimes")
     assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize("size", [0, PAGE_BYTES - 1, PAGE_BYTES + 1])
+def test_preallocation_is_in_whole_pages(tmp_path, size):
+    with pytest.raises(ValueError, match="multiple of 4096"):
+        JournalWriter(tmp_path / "j", preallocate=size)
+    assert not (tmp_path / "j").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from simulation.checks import certify_buy, certify_sell
-from simulation.disk import SimDisk, mounted
+from simulation.disk import SimDisk, SimOs, mounted
 from simulation.kernel import Scheduler, Violation
 from simulation.plants import PLANTS, planted
 from simulation.world import run_seed
@@ -226,3 +226,14 @@ def test_a_power_cut_between_an_in_place_write_and_its_sync_tears_it_before_the_
             restarted.close()
             assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": last + 1}
     assert kept == {1, 2, 3}  # none, one or both records of the batch reached the disk
+
+
+def test_a_device_call_the_disk_does_not_model_is_refused(tmp_path):
+    """controller.journal sees SimOs as `os`: a write path that bypassed the model would
+    make every durability check in the simulator vacuous, so it fails instead."""
+    disk, _ = _disk(tmp_path)
+    simulated = SimOs(disk)
+    assert simulated.getpid() == os.getpid()  # what does not reach the device passes
+    for name in ("write", "posix_fallocate"):
+        with pytest.raises(AttributeError, match=f"does not model os.{name}"):
+            getattr(simulated, name)
