@@ -22,7 +22,7 @@ from simulation.world import run_seed
 from common.history import recover
 from common.protocol import RULES_VERSION
 from controller.allocator import allocate_integral, allocate_sell_integral
-from controller.journal import JournalFailed, JournalHeader, JournalWriter
+from controller.journal import JournalFailed, JournalHeader, JournalWriter, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "simulation" / "run.py"
@@ -237,3 +237,31 @@ def test_a_device_call_the_disk_does_not_model_is_refused(tmp_path):
     for name in ("write", "posix_fallocate"):
         with pytest.raises(AttributeError, match=f"does not model os.{name}"):
             getattr(simulated, name)
+
+
+def test_a_failed_sync_before_recovery_leaves_nothing_for_the_next_start_to_read_back(tmp_path):
+    """The start's own sync (settle, as the CLI runs it before recovery) fails: the pages it
+    lost are dropped from the cache, so the next start reads what the disk holds instead
+    of acknowledging a batch no disk has (and leaving a hole once later records are synced)."""
+    disk, _ = _disk(tmp_path)
+    path = disk.root / "journal"
+    with mounted(disk):
+        writer = JournalWriter(path, header=HEADER, preallocate=4096)
+        writer.append(_fill(1))
+        writer.commit()
+        writer.append(_fill(2))
+        writer._write_batch()  # written, then the process is killed before its sync
+        writer.abandon()
+        disk.faults.fsync_error = 1.0
+        with pytest.raises(JournalFailed, match="fsync before recovery failed"):
+            settle(path)
+        disk.faults.fsync_error = 0.0
+        settle(path)  # the next start: this sync succeeds, and writes nothing of seq 2
+        assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": 1}
+        restarted = JournalWriter(path, header=HEADER, preallocate=4096)
+        restarted.append(_fill(2))
+        restarted.append(_fill(3))
+        restarted.commit()
+        restarted.abandon()
+        disk.power_cut()
+        assert recover(path, None, ["AAPL"]).last_seq == {"desk@1": 3}

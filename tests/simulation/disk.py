@@ -5,7 +5,9 @@ Storage is a real directory (what reads see: the page cache), so the production 
 reach the device go through `SimOs`, which stands in for the `os` module inside
 `controller.journal`: `pwrite` (EIO, a full disk, a crash half-way through: records written
 in place, and the zeros that pre-allocate space), `fsync` and `fdatasync` (latency, EIO, a
-crash before it), `ftruncate` and `replace`; other device calls are refused (UNMODELLED).
+crash before it), `ftruncate`, `replace` and `posix_fadvise` (DONTNEED drops the pages a
+failed sync lost: the file then reads as the disk holds it); other device calls are
+refused (UNMODELLED).
 The disk keeps, per file, the image that is durable: what the last successful sync made
 so. (fdatasync counts as fsync here: both make the file's data, and its size, durable.)
 
@@ -152,6 +154,16 @@ class SimDisk:
                 image[i] = old[i] if i < len(old) else 0
         return bytes(image)
 
+    def drop_cache(self, fd: int) -> None:
+        """posix_fadvise(POSIX_FADV_DONTNEED): clean pages leave the cache, so the next read
+        shows what the disk holds. The pages a failed sync lost are clean (Linux marks them
+        so): they now read as the disk has them; pages still dirty stay."""
+        path = self._mine(fd)
+        if path is None or path not in self.lost:
+            return
+        path.write_bytes(self._writeback(path, path.read_bytes(), self.durable.get(path, b"")))
+        del self.lost[path]
+
     def ftruncate(self, fd: int, length: int) -> None:
         """Cutting a file back also ends what a failed fsync lost beyond the cut."""
         os.ftruncate(fd, length)
@@ -235,6 +247,11 @@ class SimOs:
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         return self._disk.pwrite(fd, data, offset)
+
+    def posix_fadvise(self, fd: int, offset: int, length: int, advice: int) -> None:
+        os.posix_fadvise(fd, offset, length, advice)
+        if advice == os.POSIX_FADV_DONTNEED and (offset, length) == (0, 0):
+            self._disk.drop_cache(fd)
 
     def fsync(self, fd: int) -> None:
         self._disk.fsync(fd)

@@ -34,9 +34,11 @@ from controller.book import BOOK, MARKET, Book
 from controller.engine import Engine
 from controller.journal import (
     JournalCorrupt,
+    JournalFailed,
     JournalHeader,
     JournalWriter,
     read_records,
+    settle,
     write_checkpoint,
 )
 from controller.sequencer import MAX_HELD_TOTAL
@@ -516,6 +518,7 @@ class ControllerNode:
         header = JournalHeader(self.journal_id, RULES_VERSION, run.options.valuation,
                                "simulated")
         try:
+            settle(self.journal_path)  # as the CLI: what recovery reads is what the disk holds
             engine = self._recovered(None)
             engine.journal = JournalWriter(self.journal_path, header=header,
                                            preallocate=PREALLOCATE_BYTES)
@@ -526,7 +529,7 @@ class ControllerNode:
             return
         except JournalCorrupt as exc:
             run.fail(f"the controller cannot start: {exc}")
-        except OSError as exc:  # the CLI exits (code 2) and the launcher starts it again
+        except (OSError, JournalFailed) as exc:  # the CLI exits (2, 3); the launcher retries
             log.info("t=%.3f controller cannot open its journal: %s", run.scheduler.now, exc)
             self.start_failures += 1
             self.restart_pending = True
