@@ -21,6 +21,7 @@ from controller.journal import (
     JournalWriter,
     reaches,
     read_checkpoint,
+    read_header,
     read_records,
     records_end,
     records_start,
@@ -311,7 +312,24 @@ def test_the_records_end_where_the_zeros_start(tmp_path):
     assert list(read_records(path)) == list(zip(ends, RECORDS[:2], strict=True))
     assert list(read_records(path, ends[-1])) == []
     assert records_end(path) == ends[-1]
+    assert read_header(path, repair=True) is not None
     assert path.stat().st_size == CHUNK  # a plain read leaves the file alone
+
+
+def test_a_journal_that_died_before_its_first_record_is_its_header_and_zeros(tmp_path):
+    path = tmp_path / "j"
+    writer = JournalWriter(path, preallocate=CHUNK)
+    writer.append(RECORDS[0])
+    writer._reserve(writer.offset + writer.buffered_bytes)  # allocated; then the crash
+    writer.abandon()
+    assert path.stat().st_size == CHUNK
+    assert list(read_records(path)) == []
+    assert records_end(path) == records_start(path)
+    again = JournalWriter(path, preallocate=CHUNK)
+    assert again.offset == records_start(path) and again.allocated == CHUNK
+    again.append(RECORDS[0])
+    again.close()
+    assert [r for _, r in read_records(path)] == RECORDS[:1]
 
 
 def test_a_restarted_writer_appends_after_the_last_record_not_after_the_zeros(tmp_path):
