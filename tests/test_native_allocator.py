@@ -353,6 +353,82 @@ def test_a_huge_holding_is_capped_at_the_quantity(allocc):
         assert got is not None
 
 
+# -- the kernel's inner pieces -------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.integers(1, 2**64 - 1), st.integers(1, 2**127 - 1), st.integers(1, 1000)),
+    st.integers(0, INT64_MAX),
+    st.data(),
+)
+def test_division_by_a_prepared_divisor_is_exact(allocc, divisor, quotient, data):
+    if quotient * divisor > INT128_MAX:
+        quotient = INT128_MAX // divisor
+    remainder = data.draw(st.integers(0, min(divisor - 1, INT128_MAX - quotient * divisor)))
+    numerator = quotient * divisor + remainder
+    assert allocc._divide(numerator, divisor) == (quotient, remainder)
+
+
+def test_division_corrections_on_many_random_divisors(allocc):
+    """The reciprocal's quotient estimate is corrected once about half the time and twice
+    about once in a thousand: thousands of cases meet both."""
+    rng = random.Random(17)
+    for _ in range(20_000):
+        divisor = rng.getrandbits(rng.randint(1, 64)) or 1
+        numerator = rng.randrange(divisor << 64)
+        if numerator // divisor > INT64_MAX:
+            numerator >>= 1
+        assert allocc._divide(numerator, divisor) == divmod(numerator, divisor)
+    for divisor in (1, 2, 3, 2**63, 2**64 - 1, 2**64, 2**64 + 1, 2**100 + 7):
+        for numerator in (0, 1, divisor - 1, divisor, INT64_MAX * divisor, INT64_MAX * divisor
+                          + divisor - 1):
+            if numerator <= INT128_MAX:
+                assert allocc._divide(numerator, divisor) == divmod(numerator, divisor)
+
+
+def key_shapes(rng: random.Random, n: int) -> list[list[int]]:
+    """Keys in orders that trouble quicksorts: sorted, reversed, organ pipe, all equal,
+    few distinct, random."""
+    ascending = list(range(n))
+    half = n // 2
+    return [
+        ascending,
+        ascending[::-1],
+        list(range(half)) + list(range(n - half, 0, -1)),
+        [7] * n,
+        [rng.randint(0, 3) for _ in range(n)],
+        [rng.randint(INT64_MIN, INT64_MAX) for _ in range(n)],
+    ]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3, None])
+def test_candidate_sort_at_every_depth(allocc, depth):
+    """The introsort, and its heapsort (depth 0: at once; 1, 3: after a few partitions)."""
+    rng = random.Random(depth or 99)
+    for n in (0, 1, 2, 16, 17, 100, 777):
+        ranks = list(range(n))
+        rng.shuffle(ranks)
+        for keys in key_shapes(rng, n):
+            want = sorted(range(n), key=lambda i: (keys[i], ranks[i]))
+            assert allocc._sort(keys, ranks, 64 if depth is None else depth) == want
+
+
+@pytest.mark.parametrize("budget", [0, 1, 3, None])
+def test_leftover_selection_at_every_budget(allocc, budget):
+    """The quickselect of the leftovers, and its heap (budget 0: at once)."""
+    rng = random.Random(budget or 98)
+    for n in (2, 17, 18, 100, 999):
+        ranks = list(range(n))
+        rng.shuffle(ranks)
+        for keys in key_shapes(rng, n):
+            keys = [abs(k) for k in keys]
+            first = sorted(range(n), key=lambda i: (-keys[i], ranks[i]))
+            for k in {1, n // 3 or 1, n - 1}:
+                got = allocc._select(keys, ranks, k, 64 if budget is None else budget)
+                assert sorted(got) == sorted(first[:k])
+
+
 # -- the bound ---------------------------------------------------------------------------
 
 
@@ -434,6 +510,21 @@ def test_int64_buffers_are_read_in_place_with_the_same_result(allocc):
     assert allocc.buy(tuple(values), memoryview(as_array[1]), ranks, price, 5) == allocc.buy(
         values, weights, ranks, price, 5
     )
+
+
+def test_other_buffers_of_int64(allocc):
+    """A ctypes array (format '<q') is read in place; a strided memoryview, which is not
+    contiguous, as a sequence; a buffer of the wrong length is refused."""
+    import ctypes
+
+    values = [5, 1, 9, 0]
+    as_ctypes = (ctypes.c_int64 * 4)(*values)
+    want = allocc.buy(values, [1, 2, 3, 4], [0, 1, 2, 3], 3, 11)
+    assert allocc.buy(as_ctypes, [1, 2, 3, 4], [0, 1, 2, 3], 3, 11) == want
+    strided = memoryview(array("q", [5, -1, 1, -1, 9, -1, 0, -1]))[::2]
+    assert allocc.buy(strided, [1, 2, 3, 4], [0, 1, 2, 3], 3, 11) == want
+    with pytest.raises(ValueError, match="weights has 3 items, expected 4"):
+        allocc.buy(array("q", values), array("q", [1, 2, 3]), [0, 1, 2, 3], 3, 11)
 
 
 def test_bad_arguments_raise(allocc):

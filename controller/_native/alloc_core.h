@@ -274,11 +274,17 @@ static inline void fa_cand_swap(fa_cand *a, size_t i, size_t j) {
     a[j] = t;
 }
 
-/* Sort a[0..n) in (alpha, rank) order: introsort (median-of-three quicksort, insertion sort
-   below FA_SMALL, heapsort past a depth of about 2*log2(n)), comparisons inlined. */
-static void fa_sort_cands(fa_cand *a, size_t n) {
-    int depth = 0;
+/* About 2*log2(n) + 4: the partitions a quicksort or a quickselect may make before it
+   stops trusting its pivots. */
+static inline int fa_depth_budget(size_t n) {
+    int depth = 4;
     for (size_t m = n; m > 1; m >>= 1) depth += 2;
+    return depth;
+}
+
+/* Sort a[0..n) in (alpha, rank) order: introsort (median-of-three quicksort, insertion sort
+   below FA_SMALL, heapsort past `depth` levels of partitions), comparisons inlined. */
+static void fa_sort_cands_within(fa_cand *a, size_t n, int depth) {
     while (n > FA_SMALL) {
         if (depth-- == 0) { /* heapsort: a max-heap, its top moved to the end each time */
             fa_heapify(a, n);
@@ -301,11 +307,11 @@ static void fa_sort_cands(fa_cand *a, size_t n) {
         fa_cand_swap(a, store, last); /* [0, store) before the pivot, (store, n) after */
         /* recurse into the smaller side, loop on the larger: O(log n) stack */
         if (store < n - store - 1) {
-            fa_sort_cands(a, store);
+            fa_sort_cands_within(a, store, depth);
             a += store + 1;
             n -= store + 1;
         } else {
-            fa_sort_cands(a + store + 1, n - store - 1);
+            fa_sort_cands_within(a + store + 1, n - store - 1, depth);
             n = store;
         }
     }
@@ -318,6 +324,10 @@ static void fa_sort_cands(fa_cand *a, size_t n) {
         }
         a[j] = item;
     }
+}
+
+static void fa_sort_cands(fa_cand *a, size_t n) {
+    fa_sort_cands_within(a, n, fa_depth_budget(n));
 }
 
 /* Collect the candidates (see 1. above) into cand: every member, or with `select` the
@@ -408,11 +418,10 @@ static void fa_sel_sift(fa_sel *a, size_t size, size_t i) {
 
 /* Rearrange a[0..n) so that a[0..k) are the k first in leftover order (0 < k < n).
    Quickselect with a median-of-three pivot; keys are distinct (ranks are), so the set is
-   unique. Past a depth of about 2*log2(n) partitions, a heap of the k first finishes. */
-static void fa_select_first(fa_sel *a, size_t n, size_t k) {
+   unique. Past `budget` partitions, a heap of the k first finishes (lo < k < hi holds
+   throughout, so that heap is never empty). */
+static void fa_select_first_within(fa_sel *a, size_t n, size_t k, int budget) {
     size_t lo = 0, hi = n;
-    int budget = 4;
-    for (size_t m = n; m > 1; m >>= 1) budget += 2;
     while (hi - lo > FA_SMALL) {
         if (budget-- == 0) { /* a[lo..k) as a heap whose top comes last; offer the rest */
             size_t size = k - lo;
@@ -445,6 +454,10 @@ static void fa_select_first(fa_sel *a, size_t n, size_t k) {
     fa_sel_insertion_sort(a + lo, hi - lo);
 }
 
+static void fa_select_first(fa_sel *a, size_t n, size_t k) {
+    fa_select_first_within(a, n, k, fa_depth_budget(n));
+}
+
 /* Bit length of d > 0. */
 static inline int fa_bit_length(fa_u128 d) {
     uint64_t high = (uint64_t)(d >> 64);
@@ -469,12 +482,11 @@ static void fa_give_leftovers(fa_sel *sel, size_t count, size_t left, fa_i128 d,
         uint32_t boundary = (1u << FA_BUCKET_BITS) - 1;
         while (above + counts[boundary] < left) above += counts[boundary--];
         size_t kept = 0;
-        for (size_t t = 0; t < count; t++) {
+        for (size_t t = 0; t < count; t++) { /* no branch on the bucket: it is random */
             uint32_t bucket = (uint32_t)((fa_u128)sel[t].rem >> shift);
-            if (bucket > boundary)
-                shares[sel[t].index] += 1;
-            else if (bucket == boundary)
-                sel[kept++] = sel[t];
+            shares[sel[t].index] += bucket > boundary;
+            sel[kept] = sel[t];
+            kept += bucket == boundary;
         }
         left -= above;
         count = kept;
@@ -483,24 +495,190 @@ static void fa_give_leftovers(fa_sel *sel, size_t count, size_t left, fa_i128 d,
     for (size_t t = 0; t < left; t++) shares[sel[t].index] += 1;
 }
 
-/* floor(n / d) and its remainder, for 0 <= n and 0 < d with a quotient below 2^63 (the
-   callers' shares are at most q). */
-static inline int64_t fa_divmod(fa_i128 n, fa_i128 d, fa_i128 *rem) {
-    fa_u128 un = (fa_u128)n, ud = (fa_u128)d;
-#if defined(__x86_64__)
-    if ((ud >> 64) == 0 && (uint64_t)(un >> 64) < (uint64_t)ud) {
-        /* One divq (the high word below the divisor: the quotient fits in 64 bits). */
-        uint64_t quotient, remainder;
-        __asm__("divq %4"
-                : "=a"(quotient), "=d"(remainder)
-                : "a"((uint64_t)un), "d"((uint64_t)(un >> 64)), "rm"((uint64_t)ud));
-        *rem = (fa_i128)remainder;
-        return (int64_t)quotient;
+/* A divisor d > 0 prepared for many divisions by it. When d < 2^64 a division whose
+   quotient fits in 64 bits costs two multiplications (Moller and Granlund, "Improved
+   division by invariant integers", 2011, algorithm 4: d normalised to its top bit, with the
+   reciprocal v = floor((2^128 - 1)/d) - 2^64 found once); otherwise int128 division. */
+typedef struct {
+    fa_u128 d;
+    uint64_t norm, inverse;
+    int shift, small;
+} fa_divisor;
+
+static inline fa_divisor fa_divisor_of(fa_i128 d) {
+    fa_divisor dv = {(fa_u128)d, 0, 0, 0, ((fa_u128)d >> 64) == 0};
+    if (dv.small) {
+        dv.shift = __builtin_clzll((uint64_t)d);
+        dv.norm = (uint64_t)d << dv.shift;
+        dv.inverse = (uint64_t)((((fa_u128)~dv.norm) << 64 | ~(uint64_t)0) / dv.norm);
     }
-#endif
-    fa_u128 quotient = un / ud;
-    *rem = (fa_i128)(un - quotient * ud);
+    return dv;
+}
+
+/* floor(n / d) and its remainder, for 0 <= n with a quotient below 2^63 (the callers'
+   shares are at most q). */
+static inline int64_t fa_divide(const fa_divisor *dv, fa_i128 n, fa_i128 *rem) {
+    fa_u128 un = (fa_u128)n;
+    if (dv->small && (uint64_t)(un >> 64) < (uint64_t)dv->d) {
+        /* un < d * 2^64, so un << shift fits and its high word is below norm */
+        fa_u128 u = un << dv->shift;
+        uint64_t u1 = (uint64_t)(u >> 64), u0 = (uint64_t)u;
+        fa_u128 p = (fa_u128)dv->inverse * u1 + u;
+        uint64_t q1 = (uint64_t)(p >> 64) + 1, q0 = (uint64_t)p;
+        uint64_t r = u0 - q1 * dv->norm;
+        uint64_t over = 0 - (uint64_t)(r > q0); /* taken about half the time: no branch */
+        q1 += over;
+        r += over & dv->norm;
+        if (__builtin_expect(r >= dv->norm, 0)) {
+            q1++;
+            r -= dv->norm;
+        }
+        *rem = (fa_i128)(r >> dv->shift);
+        return (int64_t)q1;
+    }
+    fa_u128 quotient = un / dv->d;
+    *rem = (fa_i128)(un - quotient * dv->d);
     return (int64_t)quotient;
+}
+
+/* floor(a / b) for b > 0 (C division truncates toward zero). */
+static inline fa_i128 fa_floor_div(fa_i128 a, fa_i128 b) {
+    fa_i128 quotient = a / b;
+    return a % b < 0 ? quotient - 1 : quotient;
+}
+
+/* The shares at the level with only the lower clamp (every share >= 0): the whole of a
+   buy, and of a sell where no account reaches its (capped) holding. Candidates as in 1.
+   (with `select`, a heap; otherwise every member, straight from the inputs), the level by
+   Michelot's passes as in 2., then 4. Returns 1 with the shares written, or, for a sell
+   where some account would sell all it holds or more, 0 with the shares zeroed again (the
+   caller sweeps). `sell` picks the members, alpha's sign and the check; h and hq are the
+   step and h*q (a sell's need). Always inlined, so each caller gets its own loops. */
+static inline __attribute__((always_inline)) int fa_fill(
+    size_t n, const int64_t *value, const int64_t *weight, const int64_t *rank,
+    const int64_t *holding, int64_t quantity, fa_i128 w, fa_i128 t, fa_i128 v, fa_i128 h,
+    fa_i128 hq, int sell, int select, fa_cand *cand, fa_sel *sel, int64_t *shares) {
+    int narrow = fa_fits_int64(w) && fa_fits_int64(t);
+    fa_i128 sum = 0, top = 0, level;
+    size_t m = 0;
+#define FA_MEMBER(i) (sell ? holding[i] != 0 : weight[i] != 0)
+#define FA_ALPHA(i) \
+    (sell ? -fa_alpha(w, t, value[i], weight[i], narrow) \
+          : fa_alpha(w, t, value[i], weight[i], narrow))
+#define FA_CAP(i) (holding[i] < quantity ? holding[i] : quantity)
+
+    if (select) {
+        m = fa_collect(n, value, weight, rank, holding, quantity, w, t, v, sell, 1, cand);
+        top = cand[0].alpha;
+        for (size_t j = 0; j < m; j++) {
+            sum += cand[j].alpha;
+            if (cand[j].alpha > top) top = cand[j].alpha;
+        }
+    } else {
+        /* Every member: the sum and the top of the alphas first, nothing stored. */
+        for (size_t i = 0; i < n; i++) {
+            if (!FA_MEMBER(i)) continue;
+            fa_i128 alpha = FA_ALPHA(i);
+            sum += alpha;
+            top = m == 0 || alpha > top ? alpha : top;
+            m++;
+        }
+        level = hq + sum;
+        if ((fa_i128)m * top <= level) { /* no one below zero: shares from the inputs */
+            fa_i128 d = h * (fa_i128)m;
+            fa_divisor dv = fa_divisor_of(d);
+            int64_t placed = 0;
+            size_t j = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (!FA_MEMBER(i)) continue;
+                fa_i128 alpha = FA_ALPHA(i), rem;
+                int64_t whole = fa_divide(&dv, level - (fa_i128)m * alpha, &rem);
+                if (sell && whole >= FA_CAP(i)) {
+                    memset(shares, 0, n * sizeof *shares);
+                    return 0;
+                }
+                shares[i] = whole;
+                placed += whole;
+                sel[j].rem = rem;
+                sel[j].rank = rank[i];
+                sel[j].index = (uint32_t)i;
+                j++;
+            }
+            fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares);
+            return 1;
+        }
+        /* The level search's first pass, from the inputs: keep alpha <= level/m. */
+        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0, kept_top = 0;
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!FA_MEMBER(i)) continue;
+            fa_i128 alpha = FA_ALPHA(i);
+            int keep = alpha <= most;
+            kept_sum += alpha & -(fa_i128)keep;
+            kept_top = keep && (kept == 0 || alpha > kept_top) ? alpha : kept_top;
+            cand[kept].alpha = alpha;
+            cand[kept].rank = rank[i];
+            cand[kept].held = sell ? FA_CAP(i) : 0;
+            cand[kept].index = (uint32_t)i;
+            kept += (size_t)keep;
+        }
+        m = kept;
+        sum = kept_sum;
+        top = kept_top;
+    }
+#undef FA_MEMBER
+#undef FA_ALPHA
+#undef FA_CAP
+
+    level = hq + sum; /* L = level / m */
+    for (int pass = 0; (fa_i128)m * top > level; pass++) {
+        if (pass == FA_LEVEL_PASSES) { /* sort what is left; the reference's prefix scan */
+            fa_sort_cands(cand, m);
+            size_t active = 0;
+            sum = 0;
+            while (active < m && hq + sum - (fa_i128)active * cand[active].alpha >= 0)
+                sum += cand[active++].alpha;
+            m = active;
+            level = hq + sum;
+            break;
+        }
+        /* Keep the accounts with m*alpha <= level, i.e. alpha <= floor(level/m), without a
+           branch on that test (it goes either way about as often as not); the least alpha
+           always stays. */
+        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0, kept_top = cand[0].alpha;
+        size_t kept = 0;
+        for (size_t j = 0; j < m; j++) {
+            fa_i128 alpha = cand[j].alpha;
+            int keep = alpha <= most;
+            kept_sum += alpha & -(fa_i128)keep;
+            kept_top = keep && (kept == 0 || alpha > kept_top) ? alpha : kept_top;
+            cand[kept] = cand[j];
+            kept += (size_t)keep;
+        }
+        m = kept;
+        sum = kept_sum;
+        top = kept_top;
+        level = hq + sum;
+    }
+
+    fa_i128 d = h * (fa_i128)m;
+    fa_divisor dv = fa_divisor_of(d);
+    int64_t placed = 0;
+    for (size_t j = 0; j < m; j++) {
+        fa_i128 rem;
+        int64_t whole = fa_divide(&dv, level - (fa_i128)m * cand[j].alpha, &rem);
+        if (sell && whole >= cand[j].held) {
+            memset(shares, 0, n * sizeof *shares);
+            return 0;
+        }
+        shares[cand[j].index] = whole;
+        placed += whole;
+        sel[j].rem = rem;
+        sel[j].rank = cand[j].rank;
+        sel[j].index = cand[j].index;
+    }
+    fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares);
+    return 1;
 }
 
 /* Buy `quantity` shares at `price` across n accounts: as allocate_integral(accounts,
@@ -521,57 +699,9 @@ static int fa_buy(size_t n, const int64_t *value, const int64_t *weight, const i
     size_t room = select ? (size_t)quantity : n;
     fa_cand *cand = fa_scratch(room * (sizeof(fa_cand) + sizeof(fa_sel)));
     if (cand == NULL) return FA_NOMEM;
-    fa_sel *sel = (fa_sel *)(cand + room);
     memset(shares, 0, n * sizeof *shares);
-    size_t m = fa_collect(n, value, weight, rank, NULL, quantity, w, t, v, 0, select, cand);
-
-    fa_i128 h = w * price, hq = w * b_q, sum = 0, top = cand[0].alpha;
-    for (size_t j = 0; j < m; j++) {
-        sum += cand[j].alpha;
-        if (cand[j].alpha > top) top = cand[j].alpha;
-    }
-    fa_i128 level = hq + sum; /* L = level / m */
-    for (int pass = 0; (fa_i128)m * top > level; pass++) {
-        if (pass == FA_LEVEL_PASSES) { /* sort what is left; the reference's prefix scan */
-            fa_sort_cands(cand, m);
-            size_t active = 0;
-            sum = 0;
-            while (active < m && hq + sum - (fa_i128)active * cand[active].alpha >= 0)
-                sum += cand[active++].alpha;
-            m = active;
-            level = hq + sum;
-            break;
-        }
-        /* Keep the accounts with m*alpha <= level, without a branch on that test (it goes
-           either way about as often as not); the least alpha always stays. */
-        size_t kept = 0;
-        fa_i128 kept_sum = 0, kept_top = cand[0].alpha;
-        for (size_t j = 0; j < m; j++) {
-            fa_i128 alpha = cand[j].alpha;
-            int keep = (fa_i128)m * alpha <= level;
-            kept_sum += alpha & -(fa_i128)keep;
-            kept_top = alpha > kept_top && keep ? alpha : kept_top;
-            cand[kept] = cand[j];
-            kept += (size_t)keep;
-        }
-        m = kept;
-        sum = kept_sum;
-        top = kept_top;
-        level = hq + sum;
-    }
-
-    fa_i128 d = h * (fa_i128)m;
-    int64_t placed = 0;
-    for (size_t j = 0; j < m; j++) {
-        fa_i128 rem;
-        int64_t whole = fa_divmod(level - (fa_i128)m * cand[j].alpha, d, &rem);
-        shares[cand[j].index] = whole;
-        placed += whole;
-        sel[j].rem = rem;
-        sel[j].rank = cand[j].rank;
-        sel[j].index = cand[j].index;
-    }
-    fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares);
+    fa_fill(n, value, weight, rank, NULL, quantity, w, t, v, w * price, w * b_q, 0, select,
+            cand, (fa_sel *)(cand + room), shares);
     return FA_OK;
 }
 
@@ -645,70 +775,49 @@ static int fa_sell(size_t n, const int64_t *value, const int64_t *weight, const 
     fa_i128 b_q = (fa_i128)price * quantity;
     fa_i128 t = sums.a - b_q, v = sums.r + fa_abs(t);
     if (!fa_within_bound(w, b_q, n, v, b_q + price)) return FA_BOUND;
-    int select = (uint64_t)quantity < n;
+    int select = (uint64_t)quantity <= n / FA_HEAP_RATIO;
     size_t room = select ? (size_t)quantity : n;
     fa_cand *cand = fa_scratch(room * (sizeof(fa_cand) + sizeof(fa_sel) + sizeof(fa_end)));
     if (cand == NULL) return FA_NOMEM;
     fa_sel *sel = (fa_sel *)(cand + room);
     fa_end *ends = (fa_end *)(sel + room);
     memset(shares, 0, n * sizeof *shares);
-    size_t m = fa_collect(n, value, weight, rank, holding, quantity, w, t, v, 1, select, cand);
+    fa_i128 h = w * price, need = w * b_q;
+    /* Usually no account sells all it holds: the level as for a buy, no sort. */
+    if (fa_fill(n, value, weight, rank, holding, quantity, w, t, v, h, need, 1, select, cand,
+                sel, shares))
+        return FA_OK;
 
-    fa_i128 h = w * price, need = w * b_q, sum = 0, top = cand[0].alpha;
-    for (size_t j = 0; j < m; j++) {
-        sum += cand[j].alpha;
-        if (cand[j].alpha > top) top = cand[j].alpha;
-    }
-    /* Usually every candidate sells some and none all it holds: no sort. */
-    fa_i128 base = need + sum;
-    int binds = (fa_i128)m * top > base;
+    /* A holding binds: the sweep over the sorted breakpoints of the candidates, the q
+       first by heap whenever q < n (a sort costs more than the heap's sifts). */
+    size_t m = fa_collect(n, value, weight, rank, holding, quantity, w, t, v, 1,
+                          (uint64_t)quantity < n, cand);
+    fa_sort_cands(cand, m);
+    size_t active, started, inside = 0;
+    fa_i128 base;
+    if (fa_sell_level(cand, m, h, need, ends, &active, &base, &started) != 0)
+        return FA_BOUND; /* unreachable (see fa_sell_level); the reference decides */
+    fa_i128 d = h * (fa_i128)active;
+    fa_divisor dv = fa_divisor_of(d);
     int64_t placed = 0;
-    size_t inside = 0;
-    fa_i128 d = h * (fa_i128)m;
-    if (!binds) {
-        for (size_t j = 0; j < m; j++) {
-            fa_i128 rem;
-            int64_t whole = fa_divmod(base - (fa_i128)m * cand[j].alpha, d, &rem);
-            if (whole >= cand[j].held) {
-                binds = 1;
-                break;
-            }
-            shares[cand[j].index] = whole;
-            placed += whole;
-            sel[j].rem = rem;
-            sel[j].rank = cand[j].rank;
-            sel[j].index = cand[j].index;
+    for (size_t j = 0; j < started; j++) {
+        fa_i128 numerator = base - (fa_i128)active * cand[j].alpha;
+        if (numerator < 0) continue; /* cannot happen: alpha < L for every one started */
+        fa_i128 rem;
+        int64_t whole;
+        if (numerator >= (fa_i128)cand[j].held * d) { /* sold out (held*d <= K) */
+            whole = cand[j].held;
+            rem = 0;
+        } else {
+            whole = fa_divide(&dv, numerator, &rem);
         }
-        inside = m;
-    }
-    if (binds) {
-        for (size_t j = 0; j < m; j++) shares[cand[j].index] = 0;
-        placed = 0;
-        inside = 0;
-        fa_sort_cands(cand, m);
-        size_t active, started;
-        if (fa_sell_level(cand, m, h, need, ends, &active, &base, &started) != 0)
-            return FA_BOUND; /* unreachable (see fa_sell_level); the reference decides */
-        d = h * (fa_i128)active;
-        for (size_t j = 0; j < started; j++) {
-            fa_i128 numerator = base - (fa_i128)active * cand[j].alpha;
-            if (numerator < 0) continue; /* cannot happen: alpha < L for every one started */
-            fa_i128 rem;
-            int64_t whole;
-            if (numerator >= (fa_i128)cand[j].held * d) { /* sold out (held*d <= K) */
-                whole = cand[j].held;
-                rem = 0;
-            } else {
-                whole = fa_divmod(numerator, d, &rem);
-            }
-            shares[cand[j].index] = whole;
-            placed += whole;
-            if (rem) {
-                sel[inside].rem = rem;
-                sel[inside].rank = cand[j].rank;
-                sel[inside].index = cand[j].index;
-                inside++;
-            }
+        shares[cand[j].index] = whole;
+        placed += whole;
+        if (rem) {
+            sel[inside].rem = rem;
+            sel[inside].rank = cand[j].rank;
+            sel[inside].index = cand[j].index;
+            inside++;
         }
     }
     fa_give_leftovers(sel, inside, (size_t)(quantity - placed), d, shares);

@@ -184,6 +184,150 @@ static PyObject *fa_py_sell(PyObject *self, PyObject *const *args, Py_ssize_t na
     return fa_call(args, nargs, 1);
 }
 
+/* -- for the tests: the kernel's inner pieces, reached directly ------------------------ */
+
+/* A Python int in [0, 2^127) as an int128; -1 with an exception otherwise. */
+static int fa_py_u127(PyObject *obj, fa_i128 *out) {
+    PyObject *shift = PyLong_FromLong(64), *high = NULL;
+    if (shift == NULL) return -1;
+    high = PyNumber_Rshift(obj, shift);
+    Py_DECREF(shift);
+    if (high == NULL) return -1;
+    int overflow;
+    long long h = PyLong_AsLongLongAndOverflow(high, &overflow);
+    Py_DECREF(high);
+    if (h == -1 && PyErr_Occurred()) return -1;
+    if (overflow || h < 0) {
+        PyErr_SetString(PyExc_ValueError, "expected an int in [0, 2**127)");
+        return -1;
+    }
+    unsigned long long low = PyLong_AsUnsignedLongLongMask(obj);
+    if (low == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *out = (fa_i128)(((fa_u128)(uint64_t)h << 64) | low);
+    return 0;
+}
+
+static PyObject *fa_py_from_u128(fa_u128 x) {
+    PyObject *high = PyLong_FromUnsignedLongLong((uint64_t)(x >> 64)), *shift = NULL;
+    PyObject *shifted = NULL, *low = NULL, *result = NULL;
+    if (high == NULL || (shift = PyLong_FromLong(64)) == NULL) goto done;
+    if ((shifted = PyNumber_Lshift(high, shift)) == NULL) goto done;
+    if ((low = PyLong_FromUnsignedLongLong((uint64_t)x)) == NULL) goto done;
+    result = PyNumber_Or(shifted, low);
+done:
+    Py_XDECREF(high);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    Py_XDECREF(low);
+    return result;
+}
+
+/* _divide(n, d) -> (n // d, n % d) by fa_divisor_of and fa_divide: 0 <= n < 2^127,
+   0 < d < 2^127, n // d < 2^63 (the kernel's precondition; ValueError otherwise). */
+static PyObject *fa_py_divide(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    fa_i128 n, d, rem;
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "_divide() takes 2 arguments");
+    if (fa_py_u127(args[0], &n) < 0 || fa_py_u127(args[1], &d) < 0) return NULL;
+    if (d == 0 || (fa_u128)n / (fa_u128)d > (fa_u128)INT64_MAX) {
+        PyErr_SetString(PyExc_ValueError, "need d > 0 and n // d < 2**63");
+        return NULL;
+    }
+    fa_divisor dv = fa_divisor_of(d);
+    int64_t quotient = fa_divide(&dv, n, &rem);
+    PyObject *r = fa_py_from_u128((fa_u128)rem);
+    if (r == NULL) return NULL;
+    return Py_BuildValue("(LN)", (long long)quotient, r);
+}
+
+/* Read keys and ranks (int64 sequences of one length) for _sort and _select. */
+static int fa_py_keys(PyObject *keys, PyObject *ranks, Py_ssize_t *n, fa_array *k,
+                      fa_array *r) {
+    int ok = fa_array_read(keys, "keys", n, k);
+    if (ok == 1) ok = fa_array_read(ranks, "ranks", n, r);
+    if (ok == 0) PyErr_SetString(PyExc_OverflowError, "keys and ranks must fit in int64");
+    return ok == 1 ? 0 : -1;
+}
+
+static PyObject *fa_py_positions(Py_ssize_t count, const uint32_t *index, size_t stride) {
+    PyObject *list = PyList_New(count);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint32_t *at = (const uint32_t *)((const char *)index + (size_t)i * stride);
+        PyObject *x = PyLong_FromUnsignedLong(*at);
+        if (x == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, x);
+    }
+    return list;
+}
+
+/* _sort(alphas, ranks, depth) -> positions in (alpha, rank) order, by fa_sort_cands_within
+   with that many partition levels before its heapsort (0: heapsort only). */
+static PyObject *fa_py_sort(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "_sort() takes 3 arguments");
+    fa_array keys = {0}, ranks = {0};
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    long depth = PyLong_AsLong(args[2]);
+    if (depth == -1 && PyErr_Occurred()) return NULL;
+    if (fa_py_keys(args[0], args[1], &n, &keys, &ranks) == 0) {
+        fa_cand *a = PyMem_Malloc(n ? (size_t)n * sizeof *a : 1);
+        if (a == NULL) {
+            PyErr_NoMemory();
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                a[i].alpha = keys.data[i];
+                a[i].rank = ranks.data[i];
+                a[i].held = 0;
+                a[i].index = (uint32_t)i;
+            }
+            fa_sort_cands_within(a, (size_t)n, (int)depth);
+            result = fa_py_positions(n, &a[0].index, sizeof *a);
+            PyMem_Free(a);
+        }
+    }
+    fa_array_release(&keys);
+    fa_array_release(&ranks);
+    return result;
+}
+
+/* _select(remainders, ranks, k, budget) -> the positions of the k first in leftover order
+   (larger remainder, then smaller rank), by fa_select_first_within with that budget of
+   partitions before its heap (0: the heap only); 0 < k < len. */
+static PyObject *fa_py_select(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) return PyErr_Format(PyExc_TypeError, "_select() takes 4 arguments");
+    fa_array keys = {0}, ranks = {0};
+    Py_ssize_t n = -1, k = PyLong_AsSsize_t(args[2]);
+    PyObject *result = NULL;
+    long budget = PyLong_AsLong(args[3]);
+    if ((k == -1 || budget == -1) && PyErr_Occurred()) return NULL;
+    if (fa_py_keys(args[0], args[1], &n, &keys, &ranks) == 0) {
+        fa_sel *a = NULL;
+        if (k <= 0 || k >= n) {
+            PyErr_SetString(PyExc_ValueError, "need 0 < k < len(remainders)");
+        } else if ((a = PyMem_Malloc((size_t)n * sizeof *a)) == NULL) {
+            PyErr_NoMemory();
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                a[i].rem = keys.data[i];
+                a[i].rank = ranks.data[i];
+                a[i].index = (uint32_t)i;
+            }
+            fa_select_first_within(a, (size_t)n, (size_t)k, (int)budget);
+            result = fa_py_positions(k, &a[0].index, sizeof *a);
+            PyMem_Free(a);
+        }
+    }
+    fa_array_release(&keys);
+    fa_array_release(&ranks);
+    return result;
+}
+
 static PyMethodDef fa_methods[] = {
     {"buy", (PyCFunction)(void (*)(void))fa_py_buy, METH_FASTCALL,
      "buy(values, weights, ranks, price, quantity) -> list[int] | None\n\n"
@@ -194,6 +338,12 @@ static PyMethodDef fa_methods[] = {
      "Shares sold per account, exactly as allocator.allocate_sell_integral; None when an\n"
      "input does not fit in int64, the int128 bound, or the quantity is not between 1 and\n"
      "the total held (the caller runs the reference, which raises for a bad quantity)."},
+    {"_divide", (PyCFunction)(void (*)(void))fa_py_divide, METH_FASTCALL,
+     "_divide(n, d) -> (n // d, n % d) through the kernel's divisor (tests only)."},
+    {"_sort", (PyCFunction)(void (*)(void))fa_py_sort, METH_FASTCALL,
+     "_sort(alphas, ranks, depth) -> positions in (alpha, rank) order (tests only)."},
+    {"_select", (PyCFunction)(void (*)(void))fa_py_select, METH_FASTCALL,
+     "_select(remainders, ranks, k, budget) -> positions of the k first (tests only)."},
     {NULL, NULL, 0, NULL},
 };
 
