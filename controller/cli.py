@@ -211,6 +211,8 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
             source_retire_after=args.source_retire_after,
             security=guard,
             rebuild=lambda: recovered_engine(journal, dead),
+            snapshot_worker=True,
+            sync_thread=True,
         )
     except zmq.ZMQError as exc:
         log.error("cannot bind: %s", exc)

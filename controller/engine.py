@@ -230,6 +230,17 @@ class Engine:
         A journal error propagates and the batch's outputs are never returned."""
         if self.journal is not None:
             self.journal.commit()
+        return self._take_outputs()
+
+    def write(self) -> tuple[int, list[Output]]:
+        """Write the batch into the journal without waiting for it to be durable; returns
+        the journal's end offset and the batch's outputs, which must not be published
+        before a sync through that offset has succeeded (controller/syncer.py)."""
+        end = self.journal.write() if self.journal is not None else 0
+        return end, self._take_outputs()
+
+    def _take_outputs(self) -> list[Output]:
+        """The batch's outputs, acks last; the batch is over."""
         if self.deadletters is not None:
             self.deadletters.flush()
         last_seq = self.sequencer.last_seq

@@ -269,6 +269,45 @@ class JournalWriter:
             self.sync()
         return self.offset
 
+    @property
+    def syncs_each_commit(self) -> bool:
+        """True under fsync = "always": every commit waits for its records to be durable."""
+        return self._policy == FSYNC_ALWAYS
+
+    def write(self) -> int:
+        """Write what was appended, without syncing; returns the end offset. The records are
+        not durable until a sync through that offset succeeds (`sync_data` on any thread,
+        then `synced_through` here, or `sync`). Errors as `commit`."""
+        self._check_alive()
+        if self._buffer:
+            self._write_batch()
+        return self.offset
+
+    @property
+    def synced_offset(self) -> int:
+        """The end of what a successful sync made durable."""
+        return self._synced
+
+    def sync_data(self) -> None:
+        """fdatasync, and nothing else: safe on another thread while this one goes on
+        writing (the caller keeps the file open until it returns). OSError on failure: the
+        caller must then call `sync_failed` on the writer's thread, never retry."""
+        os.fdatasync(self._fd)
+
+    def synced_through(self, end: int) -> None:
+        """A `sync_data` begun when the records ended at `end` succeeded."""
+        if end > self._synced:
+            self._synced = end
+            self._last_sync = self._clock()
+        self._unsynced = self.offset > self._synced
+
+    def sync_failed(self, exc: OSError) -> JournalFailed:
+        """A `sync_data` failed: the writer is dead, and what it should have made durable
+        (and anything written since) is cut off. Returns the error to raise."""
+        self.failed = True
+        self._cut_unsynced()
+        return JournalFailed(f"{self.path}: fdatasync failed: {exc}")
+
     def discard(self) -> None:
         """Forget records appended since the last commit (their batch will not be written)."""
         self._buffer.clear()

@@ -10,6 +10,13 @@ is acknowledged state) and a worker thread builds and encodes it; the loop sends
 when they are ready (this thread alone owns the PUB socket). One snapshot at most is in
 the worker's hands: a slot that comes due meanwhile is skipped, never queued.
 
+With `sync_thread` (and fsync = "always"), the loop does not wait for the disk: it writes
+each batch into the journal and hands its outputs to controller/syncer.py, whose thread
+syncs while the loop reads the next batches; the outputs are published once a sync that
+covers them succeeded (group commit). Before anything that shows or saves state (a
+snapshot, a checkpoint, a pause, stopping) the loop waits for every written batch to be
+durable, so what it shows is always acknowledged state.
+
 When the journal cannot be written the service never publishes the batch: a full disk
 pauses input (the PULL socket is left unread, so senders keep their outboxes; the engine is
 rebuilt from the journal, which holds exactly what was acknowledged) until space returns;
@@ -34,6 +41,7 @@ from common.security import ServerSecurity, sender_user_id
 from controller.engine import Engine
 from controller.journal import JournalFailed, JournalFull
 from controller.snapshot import SnapshotMeta, SnapshotWorker, build, build_snapshot, capture
+from controller.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ SNAPSHOT_WAIT_SLICE_MS = 2
 #: Longest wait for the worker's snapshot before one is built on the loop (a worker build
 #: of 10,000 accounts takes about 0.1 s; this only bounds a stuck one).
 WORKER_WAIT_SECONDS = 5.0
+#: Outputs written but not yet durable before the loop stops reading input until the sync
+#: running now ends (bounds memory when the disk is slower than the input).
+MAX_UNSYNCED_OUTPUTS = 4 * BATCH_MAX
 
 
 class ControllerService:
@@ -73,10 +84,12 @@ class ControllerService:
         free_space: Callable[[], int] | None = None,
         source_retire_after: float = SOURCE_RETIRE_AFTER,
         snapshot_worker: bool = False,
+        sync_thread: bool = False,
     ) -> None:
         """`rebuild` makes a fresh engine from the journal on disk (after a full disk);
         `free_space` says how many bytes the journal's file system has free;
-        `snapshot_worker` builds timed snapshots on a thread of their own (off the loop)."""
+        `snapshot_worker` builds timed snapshots on a thread of their own (off the loop);
+        `sync_thread` syncs the journal on a thread of its own (group commit, see above)."""
         self.security = security
         self.engine = self._adopt(engine)
         self.rebuild = rebuild
@@ -124,6 +137,13 @@ class ControllerService:
         self.next_snapshot = now + snapshot_interval
         self.next_checkpoint = now + checkpoint_interval
         self.worker = SnapshotWorker(WORKER_WAIT_SECONDS) if snapshot_worker else None
+        journal = engine.journal
+        self.syncer: Syncer | None = None
+        if sync_thread and journal is not None and journal.syncs_each_commit:
+            self.syncer = Syncer(ctx, journal)
+            self._poll_input_and_sync = zmq.Poller()
+            self._poll_input_and_sync.register(self.pull, zmq.POLLIN)
+            self._poll_input_and_sync.register(self.syncer.socket, zmq.POLLIN)
 
     def run(self, stop: StopFlag) -> None:
         """Serve until `stop` is set or the journal fails, then close."""
@@ -145,7 +165,9 @@ class ControllerService:
             timeout_ms = min(timeout_ms, SNAPSHOT_WAIT_SLICE_MS)
         if self.paused:
             self._maybe_resume()
-        if not self.paused and self.failure is None and self.pull.poll(timeout_ms):
+        if self.syncer is not None and self.failure is None:
+            received = self._poll_pipelined(self.syncer, timeout_ms)
+        elif not self.paused and self.failure is None and self.pull.poll(timeout_ms):
             received = self.drain()
         elif self.paused and timeout_ms:
             self.pub.poll(timeout_ms, zmq.POLLERR)  # nothing to read: wait out the slice
@@ -162,9 +184,37 @@ class ControllerService:
             self.next_checkpoint = now + self.checkpoint_interval
         return received
 
+    def _poll_pipelined(self, syncer: Syncer, timeout_ms: int) -> int:
+        """Wait for input or a finished sync; publish what the sync made durable, drain the
+        input (unless paused, or too much already waits for the disk)."""
+        reading = not self.paused and syncer.waiting < MAX_UNSYNCED_OUTPUTS
+        if reading:
+            ready = dict(self._poll_input_and_sync.poll(timeout_ms))
+        else:
+            ready = {syncer.socket: zmq.POLLIN} if syncer.socket.poll(timeout_ms) else {}
+        if syncer.socket in ready:
+            try:
+                self._publish_acknowledged(syncer.collect())
+            except JournalFailed as exc:
+                self._fail(exc)
+                return 0
+        return self.drain() if self.pull in ready else 0
+
+    def _settle(self) -> bool:
+        """Wait until every written batch is durable and publish its outputs; False if a
+        sync failed (the service has then failed)."""
+        if self.syncer is None or self.failure is not None:
+            return self.failure is None
+        try:
+            self._publish_acknowledged(self.syncer.settle())
+        except JournalFailed as exc:
+            self._fail(exc)
+            return False
+        return True
+
     def _checkpoint(self) -> None:
         """Save a checkpoint; a failure to write it costs only a longer recovery."""
-        if self.checkpoint_path is None or self.failure is not None:
+        if self.checkpoint_path is None or self.failure is not None or not self._settle():
             return
         try:
             self.engine.checkpoint(self.checkpoint_path)
@@ -202,11 +252,16 @@ class ControllerService:
         return count
 
     def commit_and_publish(self) -> None:
-        """Make the batch durable, then publish it; on a journal error publish nothing."""
+        """Make the batch durable, then publish it; on a journal error publish nothing.
+        With the sync thread: write it, and publish once a sync covers it."""
         journal = self.engine.journal
         batch = journal.buffered_bytes if journal is not None else 0
         try:
-            outputs = self.engine.commit()
+            if self.syncer is not None:
+                end, written = self.engine.write()
+                outputs = self.syncer.submit(end, written)
+            else:
+                outputs = self.engine.commit()
         except JournalFull as exc:
             self.space_needed = batch
             self._pause(exc)
@@ -214,6 +269,10 @@ class ControllerService:
         except JournalFailed as exc:
             self._fail(exc)
             return
+        self._publish_acknowledged(outputs)
+
+    def _publish_acknowledged(self, outputs: list[Output]) -> None:
+        """Publish outputs whose inputs are durable, noting when each source was heard."""
         now = self.clock()
         for output in outputs:
             if type(output) is Ack:
@@ -235,6 +294,8 @@ class ControllerService:
         worker = self.worker
         if worker is not None and worker.busy and worker.wait(WORKER_WAIT_SECONDS):
             self._send_built(worker)
+        if not self._settle():  # a snapshot shows, and its acks repeat, durable state only
+            return
         engine = self.engine
         meta = self._next_meta()
         snapshot = build_snapshot(engine.book, engine.delivery(), meta, engine.sequencer.last_seq)
@@ -250,6 +311,8 @@ class ControllerService:
         if worker.busy:
             self.snapshots_skipped += 1
             log.debug("snapshot slot skipped: #%d is still being built", self.snapshot_seq)
+            return
+        if not self._settle():
             return
         engine = self.engine
         meta = self._next_meta()
@@ -302,6 +365,8 @@ class ControllerService:
         """Fail-stop: nothing of this batch is acknowledged, the journal is never written
         again by this process, and the process exits for recovery to decide."""
         self.failure = str(exc)
+        if self.syncer is not None:
+            self.syncer.close()  # its sync ends before the journal's descriptor is closed
         log.critical(
             "journal failure, stopping without acknowledging the last batch: %s "
             "(restart the controller: recovery reads what reached the disk)",
@@ -315,6 +380,8 @@ class ControllerService:
         effects by rebuilding the engine from the journal (what was acknowledged)."""
         if self.rebuild is None:
             self._fail(JournalFailed(f"{exc}; no way to rebuild the state to pause"))
+            return
+        if not self._settle():  # what was written before the full batch is published first
             return
         if not self.paused:
             log.error(
@@ -362,7 +429,10 @@ class ControllerService:
             self.worker.close()  # waits (boundedly) for the build in hand, which is dropped
         if self.failure is None and not self.paused:
             self.commit_and_publish()
-            self._checkpoint()
+            self._checkpoint()  # settles the sync thread first
+        self._settle()
+        if self.syncer is not None:
+            self.syncer.close()
         journal = self.engine.journal
         if journal is not None:
             if self.failure is None:
