@@ -1,11 +1,16 @@
 """Allocator: calls per second and microseconds per call of `allocate` (the public API, float
-inputs) and `allocate_integral` (the engine's integer hot path), for 10 to 10,000 accounts
-and quantities 1 to 10**9; then the same for sells, `allocate_sell` and
-`allocate_sell_integral`, from a book holding twice the largest quantity. The time should
-not depend on the quantity.
+inputs) and `allocate_integral` (the engine's integer path in Python), for 10 to 10,000
+accounts and quantities 1 to 10**9; then the same for sells, `allocate_sell` and
+`allocate_sell_integral`, from a book holding twice the largest quantity. Beside them, when
+it is built, the C kernel (controller._allocc, through controller.native): called on the
+same Python lists of ints (what the book's Python path pays: the lists are converted on
+every call), and on int64 arrays read in place (the kernel itself plus one call, close to
+what the compiled hot path pays); "integral/C" is the Python integer path's time over the C
+kernel's on lists, measured in the same run. Every C result is checked equal to the Python
+one before it is timed. The time should not depend on the quantity.
 
     python bench/allocator.py [--quick] [--accounts ...] [--quantities ...] [--repeat R]
-        [--cpu] [--no-buys] [--no-sells]
+        [--cpu] [--no-buys] [--no-sells] [--no-native]
 
 Each figure is the best of R repeats of a timeit loop long enough to take --min-seconds, on
 the wall clock, or with --cpu on the process's CPU time (steadier on a shared machine).
@@ -20,12 +25,15 @@ import random
 import sys
 import time
 import timeit
+from array import array
 from collections.abc import Callable
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 from bench.common import SPLIT_SOURCE, Run, console, make_split, parser, print_table, resolve
 from common.protocol import build_split
+from controller import native
 from controller.allocator import (
     allocate,
     allocate_integral,
@@ -71,8 +79,58 @@ def best_per_call(
     return min(timer.repeat(repeat=repeat, number=number)) / number
 
 
-def spread_of(times: list[float]) -> float | None:
-    return max(times) / min(times) if times else None
+def spread_of(times: list[float | None]) -> float | None:
+    known = [t for t in times if t is not None]
+    return max(known) / min(known) if known else None
+
+
+def int64_arrays(*lists: list[int]) -> list[array]:
+    """The lists as int64 arrays, which the C kernel reads in place."""
+    return [array("q", values) for values in lists]
+
+
+def kernel_or_none(args: Any) -> ModuleType | None:
+    """The C kernel, unless --no-native or it is not built (said once, with the reason)."""
+    if args.no_native:
+        return None
+    if native.allocc is None:
+        reason = native.unavailable.get("_allocc", "not loaded")
+        console.print(f"[yellow]the C kernel is {reason}: its columns are left empty")
+    return native.allocc
+
+
+def time_kernel(
+    name: str,
+    python_shares: list[int],
+    on_lists: Callable[[], list[int] | None],
+    on_arrays: Callable[[], list[int] | None],
+    args: Any,
+) -> tuple[float | None, float | None]:
+    """Seconds per call of the C kernel on lists and on arrays, each checked equal to the
+    Python result first (a None there means the kernel declined: not timed)."""
+    for call in (on_lists, on_arrays):
+        shares = call()
+        if shares is None:
+            console.print(f"[yellow]{name}: the C kernel declined (past its int128 bound)")
+            return None, None
+        if shares != python_shares:
+            raise RuntimeError(f"{name}: the C kernel differs from the Python reference")
+    return (
+        best_per_call(on_lists, args.repeat, args.min_seconds, args.cpu),
+        best_per_call(on_arrays, args.repeat, args.min_seconds, args.cpu),
+    )
+
+
+def us(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6
+
+
+def per_s(seconds: float | None) -> float | None:
+    return None if seconds is None else 1 / seconds
+
+
+def ratio(slow: float, fast: float | None) -> float | None:
+    return None if fast is None else slow / fast
 
 
 def sell_book(accounts: int, held: int, seed: int = 5) -> dict[str, Any]:
@@ -101,6 +159,7 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true", help="time on process CPU time, not wall")
     p.add_argument("--no-buys", action="store_true", help="time sells only")
     p.add_argument("--no-sells", action="store_true", help="time buys only")
+    p.add_argument("--no-native", action="store_true", help="leave out the C kernel")
     args = resolve(p.parse_args(), repeat=(3, 7), min_seconds=(0.01, 0.2))
     run = Run("allocator", args)
     results: dict[str, Any] = {"runs": [], "sell_runs": []}
@@ -113,9 +172,12 @@ def main() -> int:
 
 
 def buys(args: Any, results: dict[str, Any]) -> None:
+    kernel = kernel_or_none(args)
     rows, summary = [], []
     for accounts in args.accounts:
         b = book(accounts)
+        lists = (b["values_units"], b["weights_units"], b["ranks"])
+        arrays = int64_arrays(*lists)
         per_q = []
         for q in args.quantities:
             public_call = partial(allocate, b["values"], b["weights"], b["price"], q)
@@ -133,8 +195,17 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                 raise RuntimeError(f"allocations of {q} shares differ or do not add up")
             public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
             integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
+            c_lists = c_arrays = None
+            if kernel is not None:
+                c_lists, c_arrays = time_kernel(
+                    f"a buy of {q:,} over {accounts:,} accounts",
+                    exact,
+                    partial(kernel.buy, *lists, b["price_units"], q),
+                    partial(kernel.buy, *arrays, b["price_units"], q),
+                    args,
+                )
             given = sum(1 for x in exact if x)
-            per_q.append((public, integral, given == accounts))
+            per_q.append((public, integral, given == accounts, c_lists, c_arrays))
             results["runs"].append(
                 {
                     "accounts": accounts,
@@ -144,6 +215,10 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                     "allocate_per_s": 1 / public,
                     "allocate_integral_us": integral * 1e6,
                     "allocate_integral_per_s": 1 / integral,
+                    "c_lists_us": us(c_lists),
+                    "c_lists_per_s": per_s(c_lists),
+                    "c_arrays_us": us(c_arrays),
+                    "integral_over_c": ratio(integral, c_lists),
                 }
             )
             rows.append(
@@ -154,6 +229,10 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                     1 / public,
                     integral * 1e6,
                     1 / integral,
+                    us(c_lists),
+                    per_s(c_lists),
+                    us(c_arrays),
+                    ratio(integral, c_lists),
                     given,
                 ]
             )
@@ -164,6 +243,8 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "allocate_integral": spread_of([t[1] for t in per_q]),
             "allocate_all_given": spread_of([t[0] for t in per_q if t[2]]),
             "allocate_integral_all_given": spread_of([t[1] for t in per_q if t[2]]),
+            "c_lists": spread_of([t[3] for t in per_q]),
+            "c_arrays": spread_of([t[4] for t in per_q]),
         }
         results.setdefault("q_spread", []).append(spread)
         summary.append([accounts, *list(spread.values())[1:]])
@@ -177,11 +258,16 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "allocate /s",
             "integral us",
             "integral /s",
+            "C us",
+            "C /s",
+            "C arrays us",
+            "integral/C",
             "accts given shares",
         ],
         rows,
         caption="q = 1 touches only the accounts furthest below target; from q ~ accounts on, "
-        "every account gets shares and the time stops changing with q",
+        "every account gets shares and the time stops changing with q. C: the kernel on the "
+        "same lists of ints (converted per call); C arrays: on int64 arrays read in place",
     )
     print_table(
         "Does the time depend on q?  max/min over q = "
@@ -192,6 +278,8 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "integral max/min",
             "allocate, all given",
             "integral, all given",
+            "C max/min",
+            "C arrays max/min",
         ],
         summary,
         caption="all given: only the q for which every account gets shares",
@@ -201,11 +289,15 @@ def buys(args: Any, results: dict[str, Any]) -> None:
 def sells(args: Any, results: dict[str, Any]) -> None:
     """Sells of each quantity, and of everything held but one share per account (most
     accounts sold out: the bounds bind and the breakpoints are sorted)."""
+    kernel = kernel_or_none(args)
     held = 2 * max(args.quantities)
     rows, summary = [], []
     for accounts in args.accounts:
         b = sell_book(accounts, held)
         total = sum(b["holdings"])
+        lists = (b["values_units"], b["weights_units"], b["ranks"])
+        arrays = int64_arrays(*lists)
+        holdings_array = array("q", b["holdings"])
         per_q = []
         for q in [*args.quantities, total - accounts]:
             public_call = partial(
@@ -228,10 +320,19 @@ def sells(args: Any, results: dict[str, Any]) -> None:
                 raise RuntimeError(f"a sell of {q} shares takes more than an account holds")
             public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
             integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
+            c_lists = c_arrays = None
+            if kernel is not None:
+                c_lists, c_arrays = time_kernel(
+                    f"a sell of {q:,} over {accounts:,} accounts",
+                    exact,
+                    partial(kernel.sell, *lists, b["price_units"], q, b["holdings"]),
+                    partial(kernel.sell, *arrays, b["price_units"], q, holdings_array),
+                    args,
+                )
             sellers = sum(1 for x in exact if x)
             sold_out = sum(1 for x, h in zip(exact, b["holdings"], strict=True) if x == h)
             if q in args.quantities:
-                per_q.append((public, integral))
+                per_q.append((public, integral, c_lists, c_arrays))
             results["sell_runs"].append(
                 {
                     "accounts": accounts,
@@ -243,10 +344,15 @@ def sells(args: Any, results: dict[str, Any]) -> None:
                     "allocate_sell_per_s": 1 / public,
                     "allocate_sell_integral_us": integral * 1e6,
                     "allocate_sell_integral_per_s": 1 / integral,
+                    "c_lists_us": us(c_lists),
+                    "c_lists_per_s": per_s(c_lists),
+                    "c_arrays_us": us(c_arrays),
+                    "integral_over_c": ratio(integral, c_lists),
                 }
             )
             rows.append(
                 [accounts, q, public * 1e6, 1 / public, integral * 1e6, 1 / integral]
+                + [us(c_lists), per_s(c_lists), us(c_arrays), ratio(integral, c_lists)]
                 + [sellers, sold_out]
             )
         console.print(f"  {accounts:,} accounts, sells: done")
@@ -254,6 +360,8 @@ def sells(args: Any, results: dict[str, Any]) -> None:
             "accounts": accounts,
             "allocate_sell": spread_of([t[0] for t in per_q]),
             "allocate_sell_integral": spread_of([t[1] for t in per_q]),
+            "c_lists": spread_of([t[2] for t in per_q]),
+            "c_arrays": spread_of([t[3] for t in per_q]),
         }
         results.setdefault("sell_q_spread", []).append(spread)
         summary.append([accounts, *list(spread.values())[1:]])
@@ -268,6 +376,10 @@ def sells(args: Any, results: dict[str, Any]) -> None:
             "sell /s",
             "integral us",
             "integral /s",
+            "C us",
+            "C /s",
+            "C arrays us",
+            "integral/C",
             "accts selling",
             "sold out",
         ],
@@ -275,11 +387,12 @@ def sells(args: Any, results: dict[str, Any]) -> None:
         caption="the last q of each account count is everything held but one share per "
         "account (most accounts sold out: the sweep meets every breakpoint); a small q sorts "
         "the starts and stops early; when every holder sells some and none all, nothing is "
-        "sorted",
+        "sorted. C: the kernel on the same lists (converted per call), C arrays: on int64 "
+        "arrays; it sorts only when a holding binds",
     )
     print_table(
         "Do sells depend on q?  max/min over q = " + ", ".join(f"{q:,}" for q in args.quantities),
-        ["accounts", "sell max/min", "integral max/min"],
+        ["accounts", "sell max/min", "integral max/min", "C max/min", "C arrays max/min"],
         summary,
     )
 

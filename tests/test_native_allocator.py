@@ -527,6 +527,24 @@ def test_other_buffers_of_int64(allocc):
         allocc.buy(array("q", values), array("q", [1, 2, 3]), [0, 1, 2, 3], 3, 11)
 
 
+class Shares(int):
+    """An int subclass: read through the general path, not the exact-int fast one."""
+
+
+def test_ints_of_every_size_are_read_exactly(allocc):
+    """Small ints are read from their digits (one or two 30-bit digits), others by the
+    general call: around each boundary, with bools and int subclasses, the same numbers."""
+    held = [0, 1, 2**30 - 1, 2**30, 2**30 + 1, 2**60 - 1, 2**60, 2**61 + 12345, True]
+    held += [Shares(7), 2**61 - 3]
+    n, total = len(held), sum(held)
+    echoed = allocc.sell([0] * n, [1] * n, list(range(n)), 1, total, held)  # sells all held
+    assert echoed == [int(h) for h in held]
+    keys = [-(2**30), -(2**30) + 1, -(2**60), -(2**60) - 1, 2**60 + 1, -(2**62), INT64_MIN]
+    keys += [INT64_MAX, -1, 0, True, False, Shares(-5), 2**31, -(2**31) - 1]
+    order = allocc._sort(keys, list(range(len(keys))), 64)
+    assert order == sorted(range(len(keys)), key=lambda i: (keys[i], i))
+
+
 def test_bad_arguments_raise(allocc):
     with pytest.raises(ValueError, match="weights has 1 items, expected 2"):
         allocc.buy([0, 0], [1], [0, 1], 1, 1)

@@ -25,11 +25,12 @@
  *    before every step of j, so j gets nothing. Hence only the q members first in
  *    (alpha, rank) order can receive shares, and the problem may be solved on any set of
  *    members that holds them: the greedy on it takes the same q steps, and the reference's
- *    water-filling is exact for any set of alphas. When q is small against n (a buy:
- *    q <= n/FA_HEAP_RATIO; a sell: q < n), a bounded max-heap of size q keeps them
- *    (O(n log q)); most accounts are rejected by one comparison with the heap's top, made
- *    first in double precision with a margin that covers its rounding (fa_collect), so only
- *    the accounts near the top cost exact arithmetic. Otherwise every member is a candidate.
+ *    water-filling is exact for any set of alphas. When q is small against n
+ *    (q <= n/FA_HEAP_RATIO; and for a sell's sweep, q < n), a bounded max-heap of size q
+ *    keeps them (O(n log q)); most accounts are rejected by one comparison with the heap's
+ *    top, made first in double precision with a margin that covers its rounding
+ *    (fa_collect), so only the accounts near the top cost exact arithmetic. Otherwise every
+ *    member is a candidate, read straight from the inputs (fa_fill).
  *    A sell never takes more than q shares from one account, so holdings are capped at q:
  *    the continuous optimum never exceeds q per account (it sums to q, all parts >= 0) and
  *    no greedy step beyond q is ever taken, so the cap changes nothing and bounds the
@@ -45,9 +46,11 @@
  *    pass) or the set halves each pass; after FA_LEVEL_PASSES passes the rest are sorted
  *    and the reference's prefix scan finishes, so the worst case stays O(m log m). An
  *    account kept with alpha == L gets 0 with remainder 0 either way.
- * 3. Sell level: as the reference. If the level with every candidate inside its box puts
- *    none below 0 or at its (capped) holding, it stands (no sort); otherwise the
- *    breakpoints are swept in order: starts sorted once, ends (alpha + h*held) in a min-heap.
+ * 3. Sell level. First as a buy (2.: only the lower bound, s_i >= 0): if no account then
+ *    sells all it holds (capped) or more, the upper bounds are slack, so that level is the
+ *    sell's (the same KKT conditions) and no sort is needed: the usual sell, however large.
+ *    Otherwise, as the reference: the breakpoints of the candidates are swept in order,
+ *    starts sorted once, ends (alpha + h*held) in a min-heap.
  *    The sweep stops at the first breakpoint t where active*t - prefix >= need, before
  *    taking any breakpoint at t; that test does not change while breakpoints at one level
  *    are taken (a start at t adds t - alpha = 0 to the left side; an end at t takes h*held

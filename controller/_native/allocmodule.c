@@ -46,6 +46,34 @@ static int fa_int64_format(const Py_buffer *view) {
     return (f[0] == 'q' || f[0] == 'l') && f[1] == '\0';
 }
 
+/* An exact int that fits in a few digits, read without a call: 1 and *out, else 0 (the
+   caller then asks PyLong_AsLongLongAndOverflow). 3.12 on has an API for one digit; 3.11's
+   layout is read directly (two 30-bit digits: up to 2^60, book values in micro-units). */
+static inline int fa_small_int(PyObject *obj, int64_t *out) {
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyLong_CheckExact(obj) && PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+        *out = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)obj);
+        return 1;
+    }
+#elif PY_VERSION_HEX >= 0x030B0000 && PyLong_SHIFT == 30
+    if (PyLong_CheckExact(obj)) {
+        const digit *d = ((PyLongObject *)obj)->ob_digit;
+        switch (Py_SIZE(obj)) {
+        case 0: *out = 0; return 1;
+        case 1: *out = (int64_t)d[0]; return 1;
+        case -1: *out = -(int64_t)d[0]; return 1;
+        case 2: *out = (int64_t)d[0] | (int64_t)d[1] << 30; return 1;
+        case -2: *out = -((int64_t)d[0] | (int64_t)d[1] << 30); return 1;
+        default: break;
+        }
+    }
+#else
+    (void)obj;
+    (void)out;
+#endif
+    return 0;
+}
+
 /* Read `obj` as `n` int64s (n < 0: take its length and store it). 1 when read, 0 when a
    number does not fit in int64 (the caller returns None), -1 with an exception set. */
 static int fa_array_read(PyObject *obj, const char *what, Py_ssize_t *n, fa_array *arr) {
@@ -87,6 +115,7 @@ static int fa_array_read(PyObject *obj, const char *what, Py_ssize_t *n, fa_arra
     PyObject **items = PySequence_Fast_ITEMS(seq);
     int status = 1;
     for (Py_ssize_t i = 0; i < len; i++) {
+        if (fa_small_int(items[i], &arr->own[i])) continue;
         int overflow;
         long long x = PyLong_AsLongLongAndOverflow(items[i], &overflow);
         if (overflow) {
@@ -117,16 +146,27 @@ static int fa_scalar(PyObject *obj, int64_t *out) {
 static PyObject *fa_result(int status, Py_ssize_t n, const int64_t *shares) {
     if (status == FA_NOMEM) return PyErr_NoMemory();
     if (status != FA_OK) Py_RETURN_NONE;
-    PyObject *list = PyList_New(n);
-    if (list == NULL) return NULL;
+    PyObject *list = PyList_New(n), *zero = PyLong_FromLong(0);
+    if (list == NULL || zero == NULL) {
+        Py_XDECREF(list);
+        Py_XDECREF(zero);
+        return NULL;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *x = PyLong_FromLongLong(shares[i]);
-        if (x == NULL) {
-            Py_DECREF(list);
-            return NULL;
+        PyObject *x = zero; /* most accounts get nothing: one shared 0, no call */
+        if (shares[i]) {
+            x = PyLong_FromLongLong(shares[i]);
+            if (x == NULL) {
+                Py_DECREF(list);
+                Py_DECREF(zero);
+                return NULL;
+            }
+        } else {
+            Py_INCREF(zero);
         }
         PyList_SET_ITEM(list, i, x);
     }
+    Py_DECREF(zero);
     return list;
 }
 
