@@ -456,8 +456,19 @@ static int write_event(HotPath *self, const FastFill *f)
     mp_put_map_header(b, (size_t)self->recipients);
     for (Py_ssize_t k = 0; k < self->recipients; k++) {
         Py_ssize_t i = self->who[k];
-        mp_put_str(b, self->name[i], (size_t)self->name_len[i]);
-        mp_put_int(b, self->shares[i]);
+        size_t len = (size_t)self->name_len[i];
+        int64_t x = self->shares[i];
+        if (len < 32 && x < 128 && mp_reserve(b, len + 2)) {
+            /* the usual entry (a short name, a few shares), written without the checks */
+            unsigned char *at = b->data + b->len;
+            *at++ = (unsigned char)(0xa0 | len);
+            memcpy(at, self->name[i], len);
+            at[len] = (unsigned char)x;
+            b->len += len + 2;
+            continue;
+        }
+        mp_put_str(b, self->name[i], len);
+        mp_put_int(b, x);
     }
     if (b->failed) {
         PyErr_NoMemory();
