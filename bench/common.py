@@ -14,7 +14,9 @@ and raw frames, so that only the snapshots that matter are decoded.
 
 The controller runs its compiled hot path when that is built (controller.native) and its
 pure Python engine otherwise; --engine picks one or both, and the Python engine is forced
-with FILLALLOC_NATIVE=0 in the controller's environment.
+with FILLALLOC_NATIVE=0 in the controller's environment. Which one ran is checked in the
+controller process itself (Controller.check_engine: its compiled modules in /proc/PID/maps),
+as the bench process's own import of controller.native can differ from the controller's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 import os
 import platform
 import random
+import re
 import select
 import signal
 import subprocess
@@ -65,6 +68,7 @@ NATIVE, PYTHON = "native", "python"
 BOTH = "both"
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/PID/stat counts CPU time in these
+COMPILED_MODULE = re.compile(r"/controller/[^/]+\.so$")  # the hot path's extensions
 
 # Wide enough for the tables when the output is a file or a pipe (rich assumes 80 then).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -454,6 +458,31 @@ class Controller(Proc):
             args += ["--fsync-interval", str(fsync_interval)]
         env = engine_env(engine) if engine is not None else None
         super().__init__("controller", args, directory, name, wrapper=wrapper, env=env)
+
+    def compiled_modules(self) -> list[str]:
+        """The controller package's compiled extensions (controller/*.so) that the process
+        has loaded, from /proc/PID/maps: the hot path is in use only if it is loaded."""
+        found = set()
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            parts = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            if len(parts) == 6 and COMPILED_MODULE.search(parts[5]):
+                found.add(parts[5])
+        return sorted(found)
+
+    def check_engine(self) -> list[str]:
+        """Fail if the native engine was asked for and no compiled module is loaded; warn if
+        the Python one was and one is. Returns the compiled modules loaded."""
+        loaded = self.compiled_modules()
+        if self.engine == NATIVE and not loaded:
+            raise RuntimeError(
+                f"{self.name}: asked for the native engine, but the controller loaded no "
+                "compiled module of its package (controller/*.so): it runs pure Python"
+            )
+        if self.engine == PYTHON and loaded:
+            console.print(
+                f"[red]{self.name}: {NATIVE_SWITCH}=0, yet the controller loaded {loaded}"
+            )
+        return loaded
 
     @property
     def pid(self) -> int:

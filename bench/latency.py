@@ -155,6 +155,7 @@ def measure_controller(
                 push, sub, f"latency-{rate}", rate, args.duration, int(rate * args.warmup)
             )
             controller.check()
+            result["compiled_modules"] = controller.check_engine()
         finally:
             push.close(linger=0)
             sub.close(linger=0)

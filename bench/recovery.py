@@ -145,6 +145,7 @@ def restart(
             push, sub, probe(seq), ack_for(FILL_SOURCE, seq), deadline, 5, observe
         )
         rss, hwm = controller.status_kb("VmRSS"), controller.status_kb("VmHWM")
+        compiled = controller.check_engine()
         if not first_snapshot:
             wait_positions(sub, 0, deadline, observe)
         spawned = controller.spawned
@@ -158,6 +159,7 @@ def restart(
         "fills_recovered": int(found.group(2)),
         "rss_kb": rss,
         "vmhwm_kb": hwm,
+        "compiled_modules": compiled,
     }
 
 
@@ -195,6 +197,7 @@ def rss_run(
         done, snapshot = wait_positions(sub, total, deadline)
         after = controller.status_kb("VmRSS")
         hwm = controller.status_kb("VmHWM")
+        compiled = controller.check_engine()
     warm = samples[min(1, len(samples) - 1)][1]  # once the first tenth was sent
     return {
         "fills": count,
@@ -208,6 +211,7 @@ def rss_run(
         "rss_growth_after_first_tenth_kb": after - warm,
         "flat": after - warm <= RSS_FLAT_SLACK_KB,
         "vmhwm_kb": hwm,
+        "compiled_modules": compiled,
         "snapshot_counts": snapshot["counts"],
     }
 

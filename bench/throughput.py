@@ -217,6 +217,7 @@ def measure_controller(
             TOPIC_POSITIONS,
         )
         warm = warm_up(push, sub, controller, warmup_seconds, len(raws))
+        compiled = controller.check_engine()  # loaded by now, if the engine loads it at all
         n = max(MIN_FILLS, min(len(raws), round(warm["rate"] * seconds)))
         rss_before = controller.status_kb("VmRSS")
         cpu_before = controller.cpu_seconds()
@@ -248,6 +249,7 @@ def measure_controller(
     commits = max(1, progress.fill_acks - progress.snapshots)
     return {
         "engine": engine,
+        "compiled_modules": compiled,
         "fills": n,
         "seconds": seconds,
         "rate": n / seconds,
