@@ -26,11 +26,13 @@ from controller.engine import DeliveryCounts
 log = logging.getLogger(__name__)
 
 #: Accounts built or encoded between two chances for the engine's thread to take the GIL:
-#: about 0.3 ms of work, so a worker never holds the interpreter for long (msgpack holds it
-#: for a whole call: 10 ms for a 10,000-account map in one piece).
+#: about 0.3 ms of work, so the worker never holds the interpreter for long (msgpack holds
+#: it for a whole call: 10 ms for a 10,000-account map in one piece; Python code holds it
+#: up to the 5 ms switch interval while another thread waits).
 ROWS_PER_PIECE = 100
-#: How long the worker gives the GIL away between pieces. A zero sleep releases it, but the
-#: worker takes it straight back before a waiting thread has woken, so it must be a real one.
+#: How long the worker sleeps between pieces, without the GIL, so a waiting engine thread
+#: gets it. Smaller pieces or longer pauses did not shorten the engine's waits measurably
+#: and made a snapshot take seconds on a busy loop (slots skipped).
 PIECE_PAUSE_SECONDS = 0.00005
 ACCOUNTS = "accounts"  # the snapshot body's key that holds the rows (encoded in pieces)
 
