@@ -25,6 +25,7 @@ from common.protocol import (
     split_message,
     unpack,
 )
+from controller import native
 from controller.book import BOOK, MARKET, Book
 from controller.engine import DeliveryCounts, Engine
 from controller.service import ControllerService
@@ -429,3 +430,29 @@ def test_close_with_a_build_in_hand_returns(rig):
     service.close()
     assert service.pub.closed and service.pull.closed
     gate.set()
+
+
+@pytest.mark.skipif(native.hotpath is None, reason="the compiled hot path is not built")
+def test_a_capture_holds_against_the_compiled_path():
+    """The compiled path keeps the book in an int64 mirror and writes it back when the
+    book is read: a capture must still be the state it was taken at."""
+    engine = Engine(Book(TICKERS), compiled=True)
+    assert engine.fast is not None
+    names = [f"ACC-{i:03d}" for i in range(150)]
+    engine.receive(pack(split_message("aum", 1, even_split(names))))
+    rng = random.Random(11)
+    seqs = itertools.count(1)
+    for _ in range(40):
+        message = fill_message("f", next(seqs), rng.choice(TICKERS), 25.5, rng.randint(1, 400))
+        engine.receive(pack(message))
+    engine.commit()
+    delivery, meta, sources = parts(engine)
+    before = reference_snapshot(engine.book, delivery, meta, dict(sources)).frames()
+    state = capture(engine.book, delivery, meta, sources)
+    for _ in range(40):
+        message = fill_message("f", next(seqs), rng.choice(TICKERS), 30.0, rng.randint(1, 400))
+        engine.receive(pack(message))
+    engine.commit()
+    assert engine.fast.counts()["handled"] == 80  # every fill took the compiled path
+    assert reference_snapshot(engine.book, *parts(engine)).frames() != before
+    assert encode(state, snapshot_packer()) == before
