@@ -3,10 +3,11 @@ inputs) and `allocate_integral` (the engine's integer path in Python), for 10 to
 accounts and quantities 1 to 10**9; then the same for sells, `allocate_sell` and
 `allocate_sell_integral`, from a book holding twice the largest quantity. Beside them, when
 it is built, the C kernel (controller._allocc, through controller.native): called on the
-same Python lists of ints (what the book's Python path pays: the lists are converted on
-every call), and on int64 arrays read in place (the kernel itself plus one call, close to
-what the compiled hot path pays); "integral/C" is the Python integer path's time over the C
-kernel's on lists, measured in the same run. Every C result is checked equal to the Python
+same Python lists of ints (what the book's Python path pays: the lists are converted and a
+list of shares built on every call), and on int64 arrays read in place with the shares
+written into an int64 array ("kernel": the kernel itself plus one call, what the compiled
+hot path pays); "integral/C" is the Python integer path's time over the C kernel's on
+lists, measured in the same run. Every C result is checked equal to the Python
 one before it is timed. The time should not depend on the quantity.
 
     python bench/allocator.py [--quick] [--accounts ...] [--quantities ...] [--repeat R]
@@ -103,13 +104,15 @@ def time_kernel(
     name: str,
     python_shares: list[int],
     on_lists: Callable[[], list[int] | None],
-    on_arrays: Callable[[], list[int] | None],
+    on_arrays: Callable[[], object],
     args: Any,
 ) -> tuple[float | None, float | None]:
     """Seconds per call of the C kernel on lists and on arrays, each checked equal to the
     Python result first (a None there means the kernel declined: not timed)."""
     for call in (on_lists, on_arrays):
         shares = call()
+        if isinstance(shares, array):
+            shares = shares.tolist()
         if shares is None:
             console.print(f"[yellow]{name}: the C kernel declined (past its int128 bound)")
             return None, None
@@ -178,6 +181,7 @@ def buys(args: Any, results: dict[str, Any]) -> None:
         b = book(accounts)
         lists = (b["values_units"], b["weights_units"], b["ranks"])
         arrays = int64_arrays(*lists)
+        out = array("q", bytes(8 * accounts))  # the kernel's shares, written in place
         per_q = []
         for q in args.quantities:
             public_call = partial(allocate, b["values"], b["weights"], b["price"], q)
@@ -195,17 +199,17 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                 raise RuntimeError(f"allocations of {q} shares differ or do not add up")
             public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
             integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
-            c_lists = c_arrays = None
+            c_lists = c_kernel = None
             if kernel is not None:
-                c_lists, c_arrays = time_kernel(
+                c_lists, c_kernel = time_kernel(
                     f"a buy of {q:,} over {accounts:,} accounts",
                     exact,
                     partial(kernel.buy, *lists, b["price_units"], q),
-                    partial(kernel.buy, *arrays, b["price_units"], q),
+                    partial(kernel.buy, *arrays, b["price_units"], q, out),
                     args,
                 )
             given = sum(1 for x in exact if x)
-            per_q.append((public, integral, given == accounts, c_lists, c_arrays))
+            per_q.append((public, integral, given == accounts, c_lists, c_kernel))
             results["runs"].append(
                 {
                     "accounts": accounts,
@@ -217,7 +221,7 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                     "allocate_integral_per_s": 1 / integral,
                     "c_lists_us": us(c_lists),
                     "c_lists_per_s": per_s(c_lists),
-                    "c_arrays_us": us(c_arrays),
+                    "c_kernel_us": us(c_kernel),
                     "integral_over_c": ratio(integral, c_lists),
                 }
             )
@@ -231,7 +235,7 @@ def buys(args: Any, results: dict[str, Any]) -> None:
                     1 / integral,
                     us(c_lists),
                     per_s(c_lists),
-                    us(c_arrays),
+                    us(c_kernel),
                     ratio(integral, c_lists),
                     given,
                 ]
@@ -244,7 +248,7 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "allocate_all_given": spread_of([t[0] for t in per_q if t[2]]),
             "allocate_integral_all_given": spread_of([t[1] for t in per_q if t[2]]),
             "c_lists": spread_of([t[3] for t in per_q]),
-            "c_arrays": spread_of([t[4] for t in per_q]),
+            "c_kernel": spread_of([t[4] for t in per_q]),
         }
         results.setdefault("q_spread", []).append(spread)
         summary.append([accounts, *list(spread.values())[1:]])
@@ -260,14 +264,15 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "integral /s",
             "C us",
             "C /s",
-            "C arrays us",
+            "kernel us",
             "integral/C",
             "accts given shares",
         ],
         rows,
         caption="q = 1 touches only the accounts furthest below target; from q ~ accounts on, "
         "every account gets shares and the time stops changing with q. C: the kernel on the "
-        "same lists of ints (converted per call); C arrays: on int64 arrays read in place",
+        "same lists of ints (converted, and a list of shares built, per call); kernel: on "
+        "int64 arrays, the shares written into one",
     )
     print_table(
         "Does the time depend on q?  max/min over q = "
@@ -279,7 +284,7 @@ def buys(args: Any, results: dict[str, Any]) -> None:
             "allocate, all given",
             "integral, all given",
             "C max/min",
-            "C arrays max/min",
+            "kernel max/min",
         ],
         summary,
         caption="all given: only the q for which every account gets shares",
@@ -298,6 +303,7 @@ def sells(args: Any, results: dict[str, Any]) -> None:
         lists = (b["values_units"], b["weights_units"], b["ranks"])
         arrays = int64_arrays(*lists)
         holdings_array = array("q", b["holdings"])
+        out = array("q", bytes(8 * accounts))
         per_q = []
         for q in [*args.quantities, total - accounts]:
             public_call = partial(
@@ -320,19 +326,19 @@ def sells(args: Any, results: dict[str, Any]) -> None:
                 raise RuntimeError(f"a sell of {q} shares takes more than an account holds")
             public = best_per_call(public_call, args.repeat, args.min_seconds, args.cpu)
             integral = best_per_call(integral_call, args.repeat, args.min_seconds, args.cpu)
-            c_lists = c_arrays = None
+            c_lists = c_kernel = None
             if kernel is not None:
-                c_lists, c_arrays = time_kernel(
+                c_lists, c_kernel = time_kernel(
                     f"a sell of {q:,} over {accounts:,} accounts",
                     exact,
                     partial(kernel.sell, *lists, b["price_units"], q, b["holdings"]),
-                    partial(kernel.sell, *arrays, b["price_units"], q, holdings_array),
+                    partial(kernel.sell, *arrays, b["price_units"], q, holdings_array, out),
                     args,
                 )
             sellers = sum(1 for x in exact if x)
             sold_out = sum(1 for x, h in zip(exact, b["holdings"], strict=True) if x == h)
             if q in args.quantities:
-                per_q.append((public, integral, c_lists, c_arrays))
+                per_q.append((public, integral, c_lists, c_kernel))
             results["sell_runs"].append(
                 {
                     "accounts": accounts,
@@ -346,13 +352,13 @@ def sells(args: Any, results: dict[str, Any]) -> None:
                     "allocate_sell_integral_per_s": 1 / integral,
                     "c_lists_us": us(c_lists),
                     "c_lists_per_s": per_s(c_lists),
-                    "c_arrays_us": us(c_arrays),
+                    "c_kernel_us": us(c_kernel),
                     "integral_over_c": ratio(integral, c_lists),
                 }
             )
             rows.append(
                 [accounts, q, public * 1e6, 1 / public, integral * 1e6, 1 / integral]
-                + [us(c_lists), per_s(c_lists), us(c_arrays), ratio(integral, c_lists)]
+                + [us(c_lists), per_s(c_lists), us(c_kernel), ratio(integral, c_lists)]
                 + [sellers, sold_out]
             )
         console.print(f"  {accounts:,} accounts, sells: done")
@@ -361,7 +367,7 @@ def sells(args: Any, results: dict[str, Any]) -> None:
             "allocate_sell": spread_of([t[0] for t in per_q]),
             "allocate_sell_integral": spread_of([t[1] for t in per_q]),
             "c_lists": spread_of([t[2] for t in per_q]),
-            "c_arrays": spread_of([t[3] for t in per_q]),
+            "c_kernel": spread_of([t[3] for t in per_q]),
         }
         results.setdefault("sell_q_spread", []).append(spread)
         summary.append([accounts, *list(spread.values())[1:]])
@@ -378,7 +384,7 @@ def sells(args: Any, results: dict[str, Any]) -> None:
             "integral /s",
             "C us",
             "C /s",
-            "C arrays us",
+            "kernel us",
             "integral/C",
             "accts selling",
             "sold out",
@@ -387,12 +393,12 @@ def sells(args: Any, results: dict[str, Any]) -> None:
         caption="the last q of each account count is everything held but one share per "
         "account (most accounts sold out: the sweep meets every breakpoint); a small q sorts "
         "the starts and stops early; when every holder sells some and none all, nothing is "
-        "sorted. C: the kernel on the same lists (converted per call), C arrays: on int64 "
-        "arrays; it sorts only when a holding binds",
+        "sorted. C: the kernel on the same lists (converted per call); kernel: on int64 "
+        "arrays in and out; it sorts only when a holding binds",
     )
     print_table(
         "Do sells depend on q?  max/min over q = " + ", ".join(f"{q:,}" for q in args.quantities),
-        ["accounts", "sell max/min", "integral max/min", "C max/min", "C arrays max/min"],
+        ["accounts", "sell max/min", "integral max/min", "C max/min", "kernel max/min"],
         summary,
     )
 

@@ -527,6 +527,35 @@ def test_other_buffers_of_int64(allocc):
         allocc.buy(array("q", values), array("q", [1, 2, 3]), [0, 1, 2, 3], 3, 11)
 
 
+def test_shares_written_into_an_int64_buffer(allocc):
+    """`out` takes the shares in place of a new list and is returned; left alone when the
+    kernel declines; refused when it is not a writable int64 buffer of n or overlaps an
+    input."""
+    values, weights, ranks = array("q", [5, 1, 9, 0]), [1, 2, 3, 4], [0, 1, 2, 3]
+    out = array("q", [7] * 4)
+    assert allocc.buy(values, weights, ranks, 3, 11, out) is out
+    assert out.tolist() == allocc.buy(values, weights, ranks, 3, 11) == allocc.buy(
+        values, weights, ranks, 3, 11, None
+    )
+    holdings = [4, 4, 4, 4]
+    assert allocc.sell(values, weights, ranks, 3, 5, holdings, out) is out
+    assert out.tolist() == allocc.sell(values, weights, ranks, 3, 5, holdings)
+    before = out.tolist()
+    assert allocc.buy([2**63, 0, 0, 0], weights, ranks, 3, 11, out) is None
+    assert allocc.buy(values, [0, 0, 0, 0], ranks, 3, 11, out) is None
+    assert out.tolist() == before
+    with pytest.raises(ValueError, match="out overlaps an input"):
+        allocc.buy(values, weights, ranks, 3, 11, values)
+    with pytest.raises(ValueError, match="writable int64 buffer of 4 items"):
+        allocc.buy(values, weights, ranks, 3, 11, array("q", [0] * 3))
+    with pytest.raises(ValueError, match="writable int64 buffer of 4 items"):
+        allocc.buy(values, weights, ranks, 3, 11, array("d", [0.0] * 4))
+    with pytest.raises(BufferError):
+        allocc.buy(values, weights, ranks, 3, 11, bytes(32))
+    with pytest.raises(TypeError, match="takes 5 or 6 arguments"):
+        allocc.buy(values, weights, ranks, 3, 11, out, out)
+
+
 class Shares(int):
     """An int subclass: read through the general path, not the exact-int fast one."""
 
@@ -554,7 +583,7 @@ def test_bad_arguments_raise(allocc):
         allocc.buy([0.5], [1], [0], 1, 1)
     with pytest.raises(TypeError):
         allocc.buy([0], [1], [0], 1.0, 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 5 or 6 arguments"):
         allocc.buy([0], [1], [0], 1)
     with pytest.raises(TypeError):
         allocc.buy(5, [1], [0], 1, 1)

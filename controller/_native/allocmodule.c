@@ -1,7 +1,7 @@
 /* controller._allocc: the exact allocation kernel (alloc_core.h) for Python.
  *
- *   buy(values, weights, ranks, price, quantity) -> list[int] | None
- *   sell(values, weights, ranks, price, quantity, holdings) -> list[int] | None
+ *   buy(values, weights, ranks, price, quantity[, out]) -> list[int] | None
+ *   sell(values, weights, ranks, price, quantity, holdings[, out]) -> list[int] | None
  *
  * Each sequence argument is a sequence of ints (a list, a tuple, ...) or an object exporting
  * a C-contiguous buffer of int64 (array.array("q"), a memoryview of one): the second is read
@@ -9,6 +9,8 @@
  * the shares per account, exactly as controller.allocator's allocate_integral and
  * allocate_sell_integral; None when a number does not fit in int64 or the kernel cannot
  * guarantee exactness in int128 (FA_BOUND), and the caller then runs the Python reference.
+ * An optional last argument `out`, a writable int64 buffer of one item per account, takes the
+ * shares instead of a new list (and is returned): the benchmark times the kernel so.
  * controller/native.py is the caller; the Python functions stay the reference.
  */
 #define PY_SSIZE_T_CLEAN
@@ -170,43 +172,78 @@ static PyObject *fa_result(int status, Py_ssize_t n, const int64_t *shares) {
     return list;
 }
 
+/* 1 when the n int64s at x and at y share no byte. */
+static int fa_disjoint(const int64_t *x, const int64_t *y, Py_ssize_t n) {
+    return x + n <= y || y + n <= x;
+}
+
 /* The common part of buy and sell: read the arguments (holdings only for a sell), run the
-   kernel, build the result. */
+   kernel, build the result: a new list, or with `out` (a writable int64 buffer of n, not
+   overlapping an input) the shares written into it and `out` returned, no list built. */
 static PyObject *fa_call(PyObject *const *args, Py_ssize_t nargs, int sell) {
     const char *name = sell ? "sell" : "buy";
     Py_ssize_t expected = sell ? 6 : 5;
-    if (nargs != expected) {
-        return PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name,
-                            expected, nargs);
+    if (nargs != expected && nargs != expected + 1) {
+        return PyErr_Format(PyExc_TypeError, "%s() takes %zd or %zd arguments (%zd given)",
+                            name, expected, expected + 1, nargs);
     }
+    PyObject *out = nargs > expected && args[expected] != Py_None ? args[expected] : NULL;
     fa_array values = {0}, weights = {0}, ranks = {0}, holdings = {0};
     int64_t price = 0, quantity = 0, *shares = NULL;
+    Py_buffer out_view;
+    int has_out = 0;
     Py_ssize_t n = -1;
     PyObject *result = NULL;
-    int ok;
+    int ok, status;
     if ((ok = fa_array_read(args[0], "values", &n, &values)) != 1) goto done;
     if ((ok = fa_array_read(args[1], "weights", &n, &weights)) != 1) goto done;
     if ((ok = fa_array_read(args[2], "ranks", &n, &ranks)) != 1) goto done;
     if ((ok = fa_scalar(args[3], &price)) != 1) goto done;
     if ((ok = fa_scalar(args[4], &quantity)) != 1) goto done;
     if (sell && (ok = fa_array_read(args[5], "holdings", &n, &holdings)) != 1) goto done;
-    shares = PyMem_Malloc(n ? (size_t)n * sizeof *shares : 1);
-    if (shares == NULL) {
+    ok = -1;
+    if (out != NULL) {
+        if (PyObject_GetBuffer(out, &out_view,
+                               PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        has_out = 1;
+        shares = out_view.buf;
+        if (!fa_int64_format(&out_view) || out_view.len != n * 8) {
+            PyErr_Format(PyExc_ValueError, "out must be a writable int64 buffer of %zd items",
+                         n);
+            goto done;
+        }
+        const int64_t *inputs[] = {values.data, weights.data, ranks.data, holdings.data};
+        for (size_t i = 0; i < sizeof inputs / sizeof *inputs; i++) {
+            if (inputs[i] != NULL && !fa_disjoint(inputs[i], shares, n)) {
+                PyErr_SetString(PyExc_ValueError, "out overlaps an input");
+                goto done;
+            }
+        }
+    } else if ((shares = PyMem_Malloc(n ? (size_t)n * sizeof *shares : 1)) == NULL) {
         PyErr_NoMemory();
-        ok = -1;
         goto done;
     }
-    int status = sell ? fa_sell((size_t)n, values.data, weights.data, ranks.data, price,
-                                quantity, holdings.data, shares)
-                      : fa_buy((size_t)n, values.data, weights.data, ranks.data, price,
-                               quantity, shares);
-    result = fa_result(status, n, shares);
+    ok = 1;
+    status = sell ? fa_sell((size_t)n, values.data, weights.data, ranks.data, price, quantity,
+                            holdings.data, shares)
+                  : fa_buy((size_t)n, values.data, weights.data, ranks.data, price, quantity,
+                           shares);
+    if (out != NULL && status == FA_OK) {
+        Py_INCREF(out);
+        result = out;
+    } else {
+        result = fa_result(status, n, shares);
+    }
 done:
     if (ok == 0) { /* a number outside int64: the caller falls back */
         result = Py_None;
         Py_INCREF(result);
     }
-    PyMem_Free(shares);
+    if (has_out)
+        PyBuffer_Release(&out_view);
+    else
+        PyMem_Free(shares);
     fa_array_release(&values);
     fa_array_release(&weights);
     fa_array_release(&ranks);
@@ -370,14 +407,16 @@ static PyObject *fa_py_select(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyMethodDef fa_methods[] = {
     {"buy", (PyCFunction)(void (*)(void))fa_py_buy, METH_FASTCALL,
-     "buy(values, weights, ranks, price, quantity) -> list[int] | None\n\n"
+     "buy(values, weights, ranks, price, quantity, out=None) -> list[int] | None\n\n"
      "Shares bought per account, exactly as allocator.allocate_integral; None when an input\n"
-     "does not fit in int64 or the int128 bound (the caller runs the reference)."},
+     "does not fit in int64 or the int128 bound (the caller runs the reference). With out\n"
+     "(a writable int64 buffer of len(values)) the shares go there and out is returned."},
     {"sell", (PyCFunction)(void (*)(void))fa_py_sell, METH_FASTCALL,
-     "sell(values, weights, ranks, price, quantity, holdings) -> list[int] | None\n\n"
+     "sell(values, weights, ranks, price, quantity, holdings, out=None) -> list[int] | None\n\n"
      "Shares sold per account, exactly as allocator.allocate_sell_integral; None when an\n"
      "input does not fit in int64, the int128 bound, or the quantity is not between 1 and\n"
-     "the total held (the caller runs the reference, which raises for a bad quantity)."},
+     "the total held (the caller runs the reference, which raises for a bad quantity).\n"
+     "With out, as buy."},
     {"_divide", (PyCFunction)(void (*)(void))fa_py_divide, METH_FASTCALL,
      "_divide(n, d) -> (n // d, n % d) through the kernel's divisor (tests only)."},
     {"_sort", (PyCFunction)(void (*)(void))fa_py_sort, METH_FASTCALL,
