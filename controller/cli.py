@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import time
 from pathlib import Path
@@ -191,6 +192,10 @@ def serve_locked(args: argparse.Namespace, journal_path: Path, stop: StopFlag) -
         "compiled" if engine.fast is not None else "pure Python",
     )
     journal, dead = engine.journal, engine.deadletters
+    # The recovered book (a dict per account) lives as long as the process: out of the
+    # collector's sight, a full collection costs a few ms instead of 40-100 ms at 10,000
+    # accounts, time a fill would otherwise wait.
+    gc.freeze()
     ctx = zmq.Context()
     try:
         guard = security.server_security(ctx, args, [args.inputs, args.publish], "controller")
