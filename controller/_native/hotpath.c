@@ -498,7 +498,7 @@ static int is_next(HotPath *self, PyObject *source, int64_t seq)
             return 0;
         }
     }
-    return seq == previous + 1;
+    return seq - 1 == previous; /* seq >= 1: no overflow, even at a last seq of 2^63 - 1 */
 }
 
 /* 1 if the sender may send fills for `source` (or no one checks); 0 if not; -1 on error. */
