@@ -582,7 +582,7 @@ def test_fsync_interval_counts_from_the_last_sync(tmp_path, syncs):
     clock = Clock()
     writer = JournalWriter(tmp_path / "j", fsync="interval", fsync_interval=2.0, clock=clock)
     writer.append(RECORDS[0])
-    writer.commit()  # pre-allocating fsynced at t=1000: that counts as a sync
+    writer.commit()  # t=1000, when the writer started: the interval counts from there
     syncs.clear()
     clock.now += 3.0
     writer.append(RECORDS[1])
