@@ -242,6 +242,12 @@ static void fa_scan_sell(size_t n, const int64_t *value, const int64_t *weight,
 
 static inline int fa_fits_int64(fa_i128 x) { return x >= INT64_MIN && x <= INT64_MAX; }
 
+/* x <= y without a branch (GCC branches on int128 comparisons), for |y - x| < 2^127: the
+   level search's alpha and floor(level/m) differ by at most W*(B + (n+1)*V) <= K. */
+static inline int fa_at_most(fa_i128 x, fa_i128 y) {
+    return (int)(((uint64_t)((fa_u128)(y - x) >> 64) >> 63) ^ 1);
+}
+
 /* W*a - c*T, with one-instruction 64x64 products when W and T fit in int64 (`narrow`). */
 static inline fa_i128 fa_alpha(fa_i128 w, fa_i128 t, int64_t a, int64_t c, int narrow) {
     if (narrow) return (fa_i128)(int64_t)w * a - (fa_i128)c * (int64_t)t;
@@ -467,26 +473,51 @@ static inline int fa_bit_length(fa_u128 d) {
     return high ? 128 - __builtin_clzll(high) : 64 - __builtin_clzll((uint64_t)d);
 }
 
+/* A count of remainders (all below d) by their top FA_BUCKET_BITS bits, so that bucket
+   order is remainder order; kept only from FA_BUCKET_MIN remainders on (`on`). The callers
+   count while they divide, which saves a pass. */
+typedef struct {
+    int on, shift;
+    uint32_t counts[1 << FA_BUCKET_BITS];
+} fa_buckets;
+
+static inline void fa_buckets_start(fa_buckets *b, size_t count, fa_i128 d) {
+    b->on = count >= FA_BUCKET_MIN;
+    if (!b->on) return;
+    int bits = fa_bit_length((fa_u128)d);
+    b->shift = bits > FA_BUCKET_BITS ? bits - FA_BUCKET_BITS : 0;
+    memset(b->counts, 0, sizeof b->counts);
+}
+
+static inline uint32_t fa_bucket(const fa_buckets *b, fa_i128 rem) {
+    return (uint32_t)((fa_u128)rem >> b->shift);
+}
+
+static inline void fa_buckets_add(fa_buckets *b, fa_i128 rem) {
+    if (b->on) b->counts[fa_bucket(b, rem)]++;
+}
+
 /* Give one more share to each of the `left` first of sel[0..count) in leftover order
-   (left < count when left > 0), every remainder below d. A large set is first cut by a
-   count of the remainders' top FA_BUCKET_BITS bits (below d, so bucket order is remainder
-   order): the buckets above the one holding the boundary all get a share, and only that
-   bucket goes to the selection, with what it still has to give. Few branches, where the
-   partitions of a selection mispredict about half their comparisons. */
+   (left < count when left > 0), every remainder below d; `b` has them counted, or is NULL.
+   A large set is first cut by the buckets: those above the one holding the boundary all get
+   a share, and only that bucket goes to the selection, with what it still has to give. Few
+   branches, where the partitions of a selection mispredict about half their comparisons. */
 static void fa_give_leftovers(fa_sel *sel, size_t count, size_t left, fa_i128 d,
-                              int64_t *shares) {
+                              int64_t *shares, fa_buckets *b) {
     if (left == 0) return;
-    if (count >= FA_BUCKET_MIN) {
-        uint32_t counts[1 << FA_BUCKET_BITS] = {0};
-        int bits = fa_bit_length((fa_u128)d);
-        int shift = bits > FA_BUCKET_BITS ? bits - FA_BUCKET_BITS : 0;
-        for (size_t t = 0; t < count; t++) counts[(uint32_t)((fa_u128)sel[t].rem >> shift)]++;
+    fa_buckets own;
+    if (b == NULL) {
+        b = &own;
+        fa_buckets_start(b, count, d);
+        for (size_t t = 0; t < count; t++) fa_buckets_add(b, sel[t].rem);
+    }
+    if (b->on) {
         size_t above = 0;
         uint32_t boundary = (1u << FA_BUCKET_BITS) - 1;
-        while (above + counts[boundary] < left) above += counts[boundary--];
+        while (above + b->counts[boundary] < left) above += b->counts[boundary--];
         size_t kept = 0;
         for (size_t t = 0; t < count; t++) { /* no branch on the bucket: it is random */
-            uint32_t bucket = (uint32_t)((fa_u128)sel[t].rem >> shift);
+            uint32_t bucket = fa_bucket(b, sel[t].rem);
             shares[sel[t].index] += bucket > boundary;
             sel[kept] = sel[t];
             kept += bucket == boundary;
@@ -590,6 +621,8 @@ static inline __attribute__((always_inline)) int fa_fill(
         if ((fa_i128)m * top <= level) { /* no one below zero: shares from the inputs */
             fa_i128 d = h * (fa_i128)m;
             fa_divisor dv = fa_divisor_of(d);
+            fa_buckets buckets;
+            fa_buckets_start(&buckets, m, d);
             int64_t placed = 0;
             size_t j = 0;
             for (size_t i = 0; i < n; i++) {
@@ -605,20 +638,20 @@ static inline __attribute__((always_inline)) int fa_fill(
                 sel[j].rem = rem;
                 sel[j].rank = rank[i];
                 sel[j].index = (uint32_t)i;
+                fa_buckets_add(&buckets, rem);
                 j++;
             }
-            fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares);
+            fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares, &buckets);
             return 1;
         }
         /* The level search's first pass, from the inputs: keep alpha <= level/m. */
-        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0, kept_top = 0;
+        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0;
         size_t kept = 0;
         for (size_t i = 0; i < n; i++) {
             if (!FA_MEMBER(i)) continue;
             fa_i128 alpha = FA_ALPHA(i);
-            int keep = alpha <= most;
+            int keep = fa_at_most(alpha, most);
             kept_sum += alpha & -(fa_i128)keep;
-            kept_top = keep && (kept == 0 || alpha > kept_top) ? alpha : kept_top;
             cand[kept].alpha = alpha;
             cand[kept].rank = rank[i];
             cand[kept].held = sell ? FA_CAP(i) : 0;
@@ -627,14 +660,15 @@ static inline __attribute__((always_inline)) int fa_fill(
         }
         m = kept;
         sum = kept_sum;
-        top = kept_top;
     }
 #undef FA_MEMBER
 #undef FA_ALPHA
 #undef FA_CAP
 
     level = hq + sum; /* L = level / m */
-    for (int pass = 0; (fa_i128)m * top > level; pass++) {
+    if (select && (fa_i128)m * top <= level) goto shares; /* no one below zero */
+    /* Michelot's passes until one drops no one (the next would only repeat it). */
+    for (int pass = 0;; pass++) {
         if (pass == FA_LEVEL_PASSES) { /* sort what is left; the reference's prefix scan */
             fa_sort_cands(cand, m);
             size_t active = 0;
@@ -648,24 +682,27 @@ static inline __attribute__((always_inline)) int fa_fill(
         /* Keep the accounts with m*alpha <= level, i.e. alpha <= floor(level/m), without a
            branch on that test (it goes either way about as often as not); the least alpha
            always stays. */
-        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0, kept_top = cand[0].alpha;
+        fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0;
         size_t kept = 0;
         for (size_t j = 0; j < m; j++) {
             fa_i128 alpha = cand[j].alpha;
-            int keep = alpha <= most;
+            int keep = fa_at_most(alpha, most);
             kept_sum += alpha & -(fa_i128)keep;
-            kept_top = keep && (kept == 0 || alpha > kept_top) ? alpha : kept_top;
             cand[kept] = cand[j];
             kept += (size_t)keep;
         }
+        if (kept == m) break;
         m = kept;
         sum = kept_sum;
-        top = kept_top;
         level = hq + sum;
     }
 
+shares:;
+
     fa_i128 d = h * (fa_i128)m;
     fa_divisor dv = fa_divisor_of(d);
+    fa_buckets buckets;
+    fa_buckets_start(&buckets, m, d);
     int64_t placed = 0;
     for (size_t j = 0; j < m; j++) {
         fa_i128 rem;
@@ -679,8 +716,9 @@ static inline __attribute__((always_inline)) int fa_fill(
         sel[j].rem = rem;
         sel[j].rank = cand[j].rank;
         sel[j].index = cand[j].index;
+        fa_buckets_add(&buckets, rem);
     }
-    fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares);
+    fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares, &buckets);
     return 1;
 }
 
@@ -823,7 +861,7 @@ static int fa_sell(size_t n, const int64_t *value, const int64_t *weight, const 
             inside++;
         }
     }
-    fa_give_leftovers(sel, inside, (size_t)(quantity - placed), d, shares);
+    fa_give_leftovers(sel, inside, (size_t)(quantity - placed), d, shares, NULL);
     return FA_OK;
 }
 
