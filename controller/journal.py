@@ -359,13 +359,15 @@ class JournalWriter:
             raise JournalFull(f"{self.path}: {os.strerror(errno.ENOSPC)} (pre-allocating "
                               f"{target - self.offset} bytes)")
         try:
-            os.fsync(self._fd)  # also makes durable any records written since the last sync
+            os.fsync(self._fd)
         except OSError as exc:
             self.failed = True
             self._cut_unsynced()
             raise JournalFailed(f"{self.path}: fsync failed: {exc}") from exc
+        # Records written before it are durable now too, but only a data sync's success
+        # says so: with the sync thread, that sync may just have failed (the kernel reports
+        # it once), and its cut-back must still reach back before them.
         self._allocated = target
-        self._now_synced()
 
     def _cut_back(self, exc: OSError, what: str) -> None:
         """After a failed write, cut the file back to the end of the records (which also

@@ -101,6 +101,10 @@ class ControllerService:
         self.source_retire_after = source_retire_after
         started = clock()
         self.last_heard = dict.fromkeys(engine.sequencer.last_seq, started)
+        #: The last seq acknowledged per source: what recovery found in the journal, then
+        #: every ack published. Snapshots repeat these, never the live sequencer's, which
+        #: counts batches the sync thread has not made durable yet.
+        self.acknowledged = dict(engine.sequencer.last_seq)
         self.instance = uuid.uuid4().hex[:12]
         self.clock = clock
         self.wall_clock = wall_clock
@@ -282,6 +286,7 @@ class ControllerService:
         for output in outputs:
             if type(output) is Ack:
                 self.last_heard[output.source] = now
+                self.acknowledged[output.source] = output.seq
         self.publish_outputs(outputs)
 
     def publish_outputs(self, outputs: list[Output]) -> None:
@@ -357,15 +362,15 @@ class ControllerService:
         self.publish_outputs(self._acks_to_repeat())
 
     def _acks_to_repeat(self) -> list[Output]:
-        """Every source's ack, for senders that missed one, except sources idle for longer
-        than `source_retire_after` and fully acknowledged (nothing of theirs waits)."""
+        """Every source's last ack again, for senders that missed one, except sources idle
+        for longer than `source_retire_after` and fully acknowledged (nothing waits)."""
         now, sequencer = self.clock(), self.engine.sequencer
         horizon = now - self.source_retire_after
         heard = self.last_heard
         return [
-            ack
-            for ack in self.engine.acks()
-            if heard.setdefault(ack.source, now) > horizon or sequencer.is_waiting(ack.source)
+            Ack(source, seq)
+            for source, seq in self.acknowledged.items()
+            if heard.setdefault(source, now) > horizon or sequencer.is_waiting(source)
         ]
 
     # -- when the journal cannot be written ------------------------------------------------

@@ -6,9 +6,9 @@ for every message it declines, no change at all. These tests try to break that p
 inputs test_native_engine.py's random streams rarely reach: every msgpack width and header
 of each field, prices on rounding boundaries, seqs and book numbers at the int64 edge,
 sources of exactly the longest length, splits that drop accounts, sells that empty them,
-outside reads and applies between fills, CURVE refusals. The tests marked xfail(strict=True)
-each reproduce a break found in the review (see their reasons); they turn into failures, to
-be unmarked, once it is fixed.
+outside reads and applies between fills, CURVE refusals; and the breaks the review found,
+each now fixed: key order after a flush, a flush over an apply it did not see, acks sent
+with a worker snapshot before their sync, a pre-allocation's fsync hiding a failed sync.
 
 Skipped when the extension is not built, unless FILLALLOC_EXPECT_NATIVE=1 (CI)."""
 
@@ -454,12 +454,6 @@ def test_engines_with_a_compiled_path_are_collected():
 
 
 # -- breaks found: each reproduces one, marked until it is fixed ---------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="flush() writes last prices back in ticker order, not in the order the fills "
-    "first priced them: Book.last_price's key order, and so the published snapshot's "
-    "'prices' map and the checkpoint, differ from the Python engine's (and from a replay)",
-)
 def test_snapshot_bytes_agree_when_fills_price_tickers_out_of_order(tmp_path):
     pair = Pair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 60.0, "b": 40.0})))
@@ -470,12 +464,6 @@ def test_snapshot_bytes_agree_when_fills_price_tickers_out_of_order(tmp_path):
     assert compiled == python
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sell that empties an account's holding and a buy of the same ticker before "
-    "the next flush: the Python book deletes the key and adds it again at the end, flush() "
-    "sets it where it was, so positions' key order (the checkpoint's bytes) differs",
-)
 def test_positions_keep_the_python_key_order_after_a_sell_out_and_rebuy(tmp_path):
     pair = Pair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 100.0})))
@@ -489,12 +477,6 @@ def test_positions_keep_the_python_key_order_after_a_sell_out_and_rebuy(tmp_path
     assert compiled == python
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flush() does not check book.revision: a Book.apply made on a Book reference "
-    "held across compiled fills (it missed them) is then silently overwritten for the "
-    "accounts those fills touched; only the next compiled fill raises",
-)
 def test_a_flush_never_overwrites_an_apply_it_did_not_see(tmp_path):
     pair = Pair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 50.0, "b": 50.0})))
@@ -528,13 +510,6 @@ class HeldJournal(JournalWriter):
         super().sync_data()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the snapshot worker and the sync thread (the controller's defaults), a "
-    "built snapshot is sent with every source's ack from the live sequencer "
-    "(_send_snapshot -> _acks_to_repeat -> engine.acks()), which includes batches written "
-    "but not yet durable: an ack published before its sync, lost if that sync fails",
-)
 def test_acks_sent_with_a_worker_snapshot_are_durable(ctx, tmp_path):
     journal = HeldJournal(tmp_path / "journal")
     engine = Engine(Book(DEFAULT_TICKERS), journal, compiled=True)
@@ -586,13 +561,6 @@ def test_acks_sent_with_a_worker_snapshot_are_durable(ctx, tmp_path):
         push.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JournalWriter._reserve fsyncs on the loop's thread and marks everything "
-    "written as synced; after a failed fdatasync on the sync thread (which the kernel "
-    "reports once) that fsync succeeds, so sync_failed cuts the file back only to after "
-    "the batch the failed sync lost",
-)
 def test_a_failed_thread_sync_is_cut_off_even_after_a_preallocation(ctx, tmp_path):
     journal = HeldJournal(tmp_path / "journal", preallocate=PAGE)
     syncer = Syncer(ctx, journal)

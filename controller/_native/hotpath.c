@@ -77,8 +77,12 @@ typedef struct {
     unsigned char *cell_dirty;    /* per (ticker, account): cell t*n + i */
     size_t *dirty_cells;
     Py_ssize_t ndirty_cells;
+    uint64_t *inserted_at;        /* per cell: when a fill here took it from 0 shares up */
     int64_t *price;               /* per ticker: the last fill price taken here */
     unsigned char *price_dirty;
+    unsigned char *price_known;   /* per ticker: in book.last_price already */
+    uint64_t *priced_at;          /* per ticker: when a fill here priced it first */
+    uint64_t stamp;               /* orders the key insertions a flush must replay */
     long long fills_unflushed;
     int unflushed;
     mp_buf record;
@@ -106,6 +110,11 @@ static void mirror_free(HotPath *self)
     PyMem_Free(self->dirty_cells);
     PyMem_Free(self->price);
     PyMem_Free(self->price_dirty);
+    PyMem_Free(self->inserted_at);
+    PyMem_Free(self->price_known);
+    PyMem_Free(self->priced_at);
+    self->inserted_at = self->priced_at = NULL;
+    self->price_known = NULL;
     self->value = self->weight = self->rank = self->holding = self->shares = NULL;
     self->held_total = self->price = NULL;
     self->who = self->name_len = self->dirty_values = NULL;
@@ -232,10 +241,14 @@ static int mirror_sync(HotPath *self, long long version)
     self->dirty_cells = PyMem_Malloc(sizeof(size_t) * cells);
     self->price = PyMem_Calloc(self->ntickers ? self->ntickers : 1, sizeof(int64_t));
     self->price_dirty = PyMem_Calloc(self->ntickers ? self->ntickers : 1, 1);
+    self->inserted_at = PyMem_Calloc(cells, sizeof(uint64_t));
+    self->price_known = PyMem_Calloc(self->ntickers ? self->ntickers : 1, 1);
+    self->priced_at = PyMem_Calloc(self->ntickers ? self->ntickers : 1, sizeof(uint64_t));
     if (!self->value || !self->weight || !self->rank || !self->shares || !self->holding ||
         !self->held_total || !self->who || !self->name || !self->name_len ||
         !self->value_dirty || !self->dirty_values || !self->cell_dirty || !self->dirty_cells ||
-        !self->price || !self->price_dirty) {
+        !self->price || !self->price_dirty || !self->inserted_at || !self->price_known ||
+        !self->priced_at) {
         PyErr_NoMemory();
         goto error;
     }
@@ -270,6 +283,12 @@ static int mirror_sync(HotPath *self, long long version)
                 goto unusable;
             self->holding[(size_t)t * n + i] = c;
         }
+    }
+    for (int t = 0; t < self->ntickers; t++) {
+        int known = PyDict_Contains(self->last_price, self->tickers[t].str);
+        if (known < 0)
+            goto error;
+        self->price_known[t] = (unsigned char)known;
     }
     self->n = n;
     self->usable = 1;
@@ -613,6 +632,8 @@ static int commit_fill(HotPath *self, const FastFill *f, PyObject *source, PyObj
         int64_t x = self->shares[i];
         int64_t money = x * f->price_units;
         self->value[i] += f->sell ? -money : money;
+        if (self->holding[base + i] == 0)
+            self->inserted_at[base + i] = ++self->stamp; /* Python inserts the key anew */
         self->holding[base + i] += f->sell ? -x : x;
         if (!self->value_dirty[i]) {
             self->value_dirty[i] = 1;
@@ -626,6 +647,10 @@ static int commit_fill(HotPath *self, const FastFill *f, PyObject *source, PyObj
     self->held_total[f->ticker] += f->sell ? -f->quantity : f->quantity;
     self->price[f->ticker] = f->price_units;
     self->price_dirty[f->ticker] = 1;
+    if (!self->price_known[f->ticker]) {
+        self->price_known[f->ticker] = 1;
+        self->priced_at[f->ticker] = ++self->stamp;
+    }
     self->fills_unflushed++;
     self->unflushed = 1;
     self->handled++;
@@ -710,10 +735,54 @@ static int bump(PyObject *obj, PyObject *name, long long to)
 
 /* Write what fills taken here changed back into the book's Python objects. Idempotent: a
  * failure half-way leaves the marks, and the next flush writes the same numbers again. */
+typedef struct {
+    uint64_t at;
+    size_t index;
+} Stamped;
+
+static int by_stamp(const void *a, const void *b)
+{
+    uint64_t x = ((const Stamped *)a)->at, y = ((const Stamped *)b)->at;
+    return (x > y) - (x < y);
+}
+
+/* Set `key` to `count` in `dict` (deleting it at 0); with `anew`, delete it first so that it
+ * goes to the end, where the Python path's insertion of a key it had deleted puts it. */
+static int write_count(PyObject *dict, PyObject *key, int64_t count, int anew)
+{
+    if (count == 0 || anew) {
+        int present = PyDict_Contains(dict, key);
+        if (present < 0 || (present && PyDict_DelItem(dict, key) < 0))
+            return -1;
+        if (count == 0)
+            return 0;
+    }
+    PyObject *c = PyLong_FromLongLong(count);
+    if (c == NULL)
+        return -1;
+    int rc = PyDict_SetItem(dict, key, c);
+    Py_DECREF(c);
+    return rc;
+}
+
+/* Write what fills taken here changed back into the book's Python objects, keys in the
+ * order the Python path would have inserted them (snapshot and checkpoint bytes agree).
+ * Idempotent: a failure half-way leaves the marks, and the next flush writes the same
+ * numbers again. */
 static PyObject *HotPath_flush(HotPath *self, PyObject *Py_UNUSED(ignored))
 {
     if (!self->unflushed)
         Py_RETURN_NONE;
+    long long version = book_version(self);
+    if (version == -1 && PyErr_Occurred())
+        return NULL;
+    if (version != self->version) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the book was changed behind the engine while the compiled path held "
+                        "fills not yet written back into it (read the book through "
+                        "Engine.book, which writes them back first)");
+        return NULL;
+    }
     Py_ssize_t n = self->n;
     for (Py_ssize_t k = 0; k < self->ndirty_values; k++) {
         Py_ssize_t i = self->dirty_values[k];
@@ -722,37 +791,46 @@ static PyObject *HotPath_flush(HotPath *self, PyObject *Py_UNUSED(ignored))
             return NULL;
         PyList_SetItem(self->values, i, v); /* steals the reference */
     }
+    Py_ssize_t most = self->ndirty_cells > self->ntickers ? self->ndirty_cells : self->ntickers;
+    Stamped *anew = PyMem_Malloc(sizeof(Stamped) * (most ? most : 1));
+    if (anew == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t count = 0;
     for (Py_ssize_t k = 0; k < self->ndirty_cells; k++) {
         size_t cell = self->dirty_cells[k];
-        PyObject *positions = PyList_GET_ITEM(self->positions, (Py_ssize_t)(cell % n));
-        PyObject *ticker = self->tickers[cell / n].str;
-        int64_t count = self->holding[cell];
-        int rc;
-        if (count) {
-            PyObject *c = PyLong_FromLongLong(count);
-            if (c == NULL)
-                return NULL;
-            rc = PyDict_SetItem(positions, ticker, c);
-            Py_DECREF(c);
-        } else {
-            rc = PyDict_Contains(positions, ticker);
-            if (rc == 1)
-                rc = PyDict_DelItem(positions, ticker);
+        if (self->inserted_at[cell] && self->holding[cell]) {
+            anew[count++] = (Stamped){self->inserted_at[cell], cell};
+            continue;
         }
-        if (rc < 0)
-            return NULL;
+        PyObject *positions = PyList_GET_ITEM(self->positions, (Py_ssize_t)(cell % n));
+        if (write_count(positions, self->tickers[cell / n].str, self->holding[cell], 0) < 0)
+            goto error;
     }
+    qsort(anew, (size_t)count, sizeof(Stamped), by_stamp);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        size_t cell = anew[k].index;
+        PyObject *positions = PyList_GET_ITEM(self->positions, (Py_ssize_t)(cell % n));
+        if (write_count(positions, self->tickers[cell / n].str, self->holding[cell], 1) < 0)
+            goto error;
+    }
+    count = 0;
     for (int t = 0; t < self->ntickers; t++) {
         if (!self->price_dirty[t])
             continue;
-        PyObject *price = PyLong_FromLongLong(self->price[t]);
-        if (price == NULL)
-            return NULL;
-        int rc = PyDict_SetItem(self->last_price, self->tickers[t].str, price);
-        Py_DECREF(price);
-        if (rc < 0)
-            return NULL;
+        if (self->priced_at[t]) {
+            anew[count++] = (Stamped){self->priced_at[t], (size_t)t};
+            continue;
+        }
+        if (write_count(self->last_price, self->tickers[t].str, self->price[t], 0) < 0)
+            goto error;
     }
+    qsort(anew, (size_t)count, sizeof(Stamped), by_stamp);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        size_t t = anew[k].index;
+        if (write_count(self->last_price, self->tickers[t].str, self->price[t], 0) < 0)
+            goto error;
+    }
+    PyMem_Free(anew);
     PyObject *fills = PyObject_GetAttr(self->book, s_fills_allocated);
     if (fills == NULL)
         return NULL;
@@ -764,13 +842,19 @@ static PyObject *HotPath_flush(HotPath *self, PyObject *Py_UNUSED(ignored))
     /* written back: clear the marks */
     for (Py_ssize_t k = 0; k < self->ndirty_values; k++)
         self->value_dirty[self->dirty_values[k]] = 0;
-    for (Py_ssize_t k = 0; k < self->ndirty_cells; k++)
+    for (Py_ssize_t k = 0; k < self->ndirty_cells; k++) {
         self->cell_dirty[self->dirty_cells[k]] = 0;
+        self->inserted_at[self->dirty_cells[k]] = 0;
+    }
     memset(self->price_dirty, 0, self->ntickers ? self->ntickers : 1);
+    memset(self->priced_at, 0, sizeof(uint64_t) * (self->ntickers ? self->ntickers : 1));
     self->ndirty_values = self->ndirty_cells = 0;
     self->fills_unflushed = 0;
     self->unflushed = 0;
     Py_RETURN_NONE;
+error:
+    PyMem_Free(anew);
+    return NULL;
 }
 
 /* -- the type ---------------------------------------------------------------------------- */
