@@ -142,8 +142,12 @@ class Engine:
     def receive(self, raw: bytes, sender: str | None = None) -> None:
         """Take one raw input message (from the key `sender`, when keys are in use); its
         effects wait in the batch until `commit`."""
-        if self.fast is not None and self.fast.receive(raw, sender):
-            return  # a common-case fill, taken whole by the compiled path
+        if self.fast is None or not self.fast.receive(raw, sender):
+            self.receive_in_python(raw, sender)
+
+    def receive_in_python(self, raw: bytes, sender: str | None = None) -> None:
+        """`receive` on the Python path only: for a message the compiled path declined
+        (having changed nothing), or for every message when it is not in use."""
         try:
             item = decode_input(raw, self.tickers)
         except Exception as exc:  # a validation bug must cost one message, never the process

@@ -235,8 +235,9 @@ class ControllerService:
         A batch ends at BATCH_MAX messages or BATCH_SECONDS, whichever comes first, so a
         flood of bad input cannot hold a good fill's allocation back for long.
         """
-        pull, receive = self.pull, self.engine.receive
-        fast = self.engine.fast  # the compiled path, offered each message first when built
+        engine = self.engine
+        pull, receive, declined = self.pull, engine.receive, engine.receive_in_python
+        fast = engine.fast  # the compiled path, offered each message first when built
         count = 0
         clock = time.perf_counter
         deadline = clock() + BATCH_SECONDS
@@ -249,7 +250,7 @@ class ControllerService:
                 elif fast is not None:
                     raw = pull.recv(zmq.NOBLOCK)
                     if not fast.receive(raw):
-                        receive(raw)  # offered once more there: declined, it changed nothing
+                        declined(raw)  # it changed nothing: the Python path takes it
                 else:
                     receive(pull.recv(zmq.NOBLOCK))
                 count += 1
