@@ -219,9 +219,15 @@ class JournalWriter:
         if size == 0:
             header = header if header is not None else JournalHeader.new("book")
             start = HEADER + frame(msgpack.packb(header.to_map(), use_bin_type=True))
-            _pwrite_all(self._fd, start, 0)
-            os.fsync(self._fd)
-            _fsync_dir(self.path.parent)
+            try:
+                _pwrite_all(self._fd, start, 0)
+                os.fsync(self._fd)
+                _fsync_dir(self.path.parent)
+            except OSError:
+                # Nothing in it was acknowledged: gone, the next start makes a new one
+                # rather than trust a header a failed fsync may never have written.
+                self.path.unlink(missing_ok=True)
+                raise
             self.offset = self._allocated = len(start)
             return header
         existing = read_header(self.path)

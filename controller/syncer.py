@@ -99,9 +99,19 @@ class Syncer:
 
     def close(self) -> None:
         """Stop the thread once the running sync (if any) ends; outputs still waiting are
-        dropped unpublished (a failure, or a pause that rebuilds the engine, drops them)."""
+        dropped unpublished (a failure, or a pause that rebuilds the engine, drops them).
+        A running sync's result is still taken: if it failed, the journal cuts off what it
+        should have made durable (the kernel reports a failed sync once; a later fsync,
+        at the next start, would trust pages never written)."""
         if not self._thread.is_alive():
             return
+        if self.busy:
+            self.socket.poll()
+            self._waiting.clear()
+            try:
+                self.collect()
+            except JournalFailed as exc:
+                log.error("%s", exc)
         self._requests.put(None)
         self._thread.join()
         self.socket.close()

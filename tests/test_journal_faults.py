@@ -42,6 +42,7 @@ from controller.journal import (
     JournalUnsupported,
     JournalWriter,
     frame,
+    read_header,
     read_records,
     write_checkpoint,
 )
@@ -641,3 +642,21 @@ def test_a_writer_that_cannot_open_a_journal_leaves_no_descriptor(tmp_path, monk
     with pytest.raises(OSError):
         JournalWriter(tmp_path / "j")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_new_journal_whose_header_fsync_fails_is_removed(tmp_path, monkeypatch):
+    """Nothing in it was acknowledged; left behind, the next start's fsync (a failed one is
+    reported once) would trust a header the disk may never have received."""
+    path = tmp_path / "journal"
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        JournalWriter(path)
+    assert not path.exists()
+    monkeypatch.undo()
+    writer = JournalWriter(path)  # the next start makes a new journal
+    writer.close()
+    assert read_header(path) is not None

@@ -22,6 +22,7 @@ from common.protocol import (
     pack,
     split_message,
 )
+from controller import journal as journal_module
 from controller.book import Book
 from controller.engine import Engine
 from controller.journal import JournalWriter, read_records
@@ -153,3 +154,28 @@ def test_a_snapshot_shows_durable_state_only(setup):
     snapshot = next(body for topic, body in events if topic == TOPIC_POSITIONS)
     assert snapshot["counts"]["fills"] == 1
     assert snapshot["sources"] == {"aum": 1, "desk": 1}
+
+
+def test_a_sync_failing_while_the_loop_fails_too_is_still_cut_off(setup, monkeypatch):
+    """A write fails while a sync runs (the loop stops at once); that sync fails as well:
+    its result is still taken at close and its batch cut off, or the next start's fsync
+    (a failed sync is reported once) would trust pages never written."""
+    service, journal, sub, push = setup
+    joined(service, journal, sub)
+    synced = journal.synced_offset
+    push.send(pack(split_message("aum", 1, {"A": 60, "B": 40})))
+    step_until(service, lambda: service.syncer.busy, "a sync to start")
+    assert journal.started.acquire(timeout=10)
+    journal.fail_next = True
+
+    def failing_write(*args, **kwargs):
+        journal.release.release()  # the held sync goes on, and fails, as this write does
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "pwrite", failing_write)
+    push.send(pack(fill_message("desk", 1, "AAPL", 100.0, 10)))
+    step_until(service, lambda: service.failure is not None, "the write failure")
+    assert "write failed" in service.failure  # the loop failed first, on its own write
+    monkeypatch.undo()
+    assert collect(sub) == []
+    assert journal.path.stat().st_size == synced  # the failed sync's batch is cut off too
