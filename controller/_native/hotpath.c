@@ -473,20 +473,23 @@ static int write_event(HotPath *self, const FastFill *f)
     mp_put_str(b, side_text(f->sell), f->sell ? 4 : 3);
     mp_put_str(b, "allocations", 11);
     mp_put_map_header(b, (size_t)self->recipients);
-    for (Py_ssize_t k = 0; k < self->recipients; k++) {
-        Py_ssize_t i = self->who[k];
-        size_t len = (size_t)self->name_len[i];
-        int64_t x = self->shares[i];
+    const Py_ssize_t *who = self->who, *name_len = self->name_len;
+    const int64_t *shares = self->shares;
+    const char **name = self->name;
+    for (Py_ssize_t k = 0, recipients = self->recipients; k < recipients; k++) {
+        Py_ssize_t i = who[k];
+        size_t len = (size_t)name_len[i];
+        int64_t x = shares[i];
         if (len < 32 && x < 128 && mp_reserve(b, len + 2)) {
             /* the usual entry (a short name, a few shares), written without the checks */
             unsigned char *at = b->data + b->len;
             *at++ = (unsigned char)(0xa0 | len);
-            memcpy(at, self->name[i], len);
+            memcpy(at, name[i], len);
             at[len] = (unsigned char)x;
             b->len += len + 2;
             continue;
         }
-        mp_put_str(b, self->name[i], len);
+        mp_put_str(b, name[i], len);
         mp_put_int(b, x);
     }
     if (b->failed) {
@@ -564,17 +567,22 @@ static int allocate(HotPath *self, const FastFill *f)
     }
     if (rc != FA_OK)
         return 0; /* beyond int128: the Python path's big integers */
+    /* locals: the compiler cannot keep fields of *self in registers across the stores */
+    const int64_t *restrict shares = self->shares, *restrict value = self->value;
+    Py_ssize_t *restrict who = self->who;
+    const int64_t price = f->price_units;
+    const int sell = f->sell;
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t x = self->shares[i];
+        int64_t x = shares[i];
         if (!x)
             continue;
-        int64_t money, value;
-        if (__builtin_mul_overflow(x, f->price_units, &money) ||
-            __builtin_add_overflow(self->value[i], f->sell ? -money : money, &value) ||
-            (!f->sell && __builtin_add_overflow(held[i], x, &total)))
+        int64_t money, after;
+        if (__builtin_mul_overflow(x, price, &money) ||
+            __builtin_add_overflow(value[i], sell ? -money : money, &after) ||
+            (!sell && __builtin_add_overflow(held[i], x, &total)))
             return 0; /* a value past int64: the Python path's big integers */
-        self->who[count++] = i;
+        who[count++] = i;
     }
     self->recipients = count;
     return 1;
@@ -627,23 +635,38 @@ static int commit_fill(HotPath *self, const FastFill *f, PyObject *source, PyObj
     }
     Py_ssize_t n = self->n;
     size_t base = (size_t)f->ticker * n;
-    for (Py_ssize_t k = 0; k < self->recipients; k++) {
-        Py_ssize_t i = self->who[k];
-        int64_t x = self->shares[i];
-        int64_t money = x * f->price_units;
-        self->value[i] += f->sell ? -money : money;
-        if (self->holding[base + i] == 0)
-            self->inserted_at[base + i] = ++self->stamp; /* Python inserts the key anew */
-        self->holding[base + i] += f->sell ? -x : x;
-        if (!self->value_dirty[i]) {
-            self->value_dirty[i] = 1;
-            self->dirty_values[self->ndirty_values++] = i;
+    const Py_ssize_t *restrict who = self->who;
+    const int64_t *restrict shares = self->shares;
+    int64_t *restrict value = self->value, *restrict held = self->holding + base;
+    uint64_t *restrict inserted_at = self->inserted_at + base;
+    unsigned char *restrict value_dirty = self->value_dirty, *restrict cell_dirty =
+        self->cell_dirty + base;
+    Py_ssize_t *restrict dirty_values = self->dirty_values;
+    size_t *restrict dirty_cells = self->dirty_cells;
+    Py_ssize_t ndirty_values = self->ndirty_values, ndirty_cells = self->ndirty_cells;
+    uint64_t stamp = self->stamp;
+    const int64_t price = f->price_units;
+    const int sell = f->sell;
+    for (Py_ssize_t k = 0, recipients = self->recipients; k < recipients; k++) {
+        Py_ssize_t i = who[k];
+        int64_t x = shares[i];
+        int64_t money = x * price;
+        value[i] += sell ? -money : money;
+        if (held[i] == 0)
+            inserted_at[i] = ++stamp; /* Python inserts the key anew */
+        held[i] += sell ? -x : x;
+        if (!value_dirty[i]) {
+            value_dirty[i] = 1;
+            dirty_values[ndirty_values++] = i;
         }
-        if (!self->cell_dirty[base + i]) {
-            self->cell_dirty[base + i] = 1;
-            self->dirty_cells[self->ndirty_cells++] = base + i;
+        if (!cell_dirty[i]) {
+            cell_dirty[i] = 1;
+            dirty_cells[ndirty_cells++] = base + (size_t)i;
         }
     }
+    self->ndirty_values = ndirty_values;
+    self->ndirty_cells = ndirty_cells;
+    self->stamp = stamp;
     self->held_total[f->ticker] += f->sell ? -f->quantity : f->quantity;
     self->price[f->ticker] = f->price_units;
     self->price_dirty[f->ticker] = 1;
