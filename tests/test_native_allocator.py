@@ -331,6 +331,38 @@ def test_leftovers_over_many_accounts_go_by_remainder_then_rank(allocc):
         check_buy(allocc, values, weights, ranks, 997, quantity)
 
 
+def percent_weights(rng: random.Random, n: int, total: int = 10**8) -> list[int]:
+    """n positive weights summing to `total` (a split of percents in its integer unit)."""
+    cuts = sorted(rng.sample(range(1, total), n - 1))
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+
+
+def test_shares_divide_by_the_step_on_books_where_most_accounts_buy(allocc):
+    """The shares divide most - alpha by h = W*b, not level - m*alpha by h*m: on books like
+    the controller's (weights summing to 10**8, micro-dollar values up to 10**12, q from
+    n/2 to 2n) h*m mostly passes 2^64 and h never does; with weights summing near 2^40 h
+    passes it too. Books near their targets (every account buys, no level pass), spread ones
+    (passes, a level below zero) and sells from both match the reference."""
+    rng = random.Random(29)
+    for n in (300, 1_000, 3_000):
+        ranks = list(range(n))
+        rng.shuffle(ranks)
+        for total in (10**8, 2**40 + 3):
+            weights = percent_weights(rng, n, total)
+            book = rng.choice((10**9, 10**12))
+            near = [
+                w * book // total + rng.randint(-book // n // 50, book // n // 50) for w in weights
+            ]
+            spread = [rng.randint(0, 10**12) for _ in range(n)]
+            for values in (near, spread):
+                price = rng.randint(10**7, 5 * 10**8)
+                for quantity in (n // 2, n, 2 * n - 1):
+                    assert (total * price >> 64 == 0) == (total == 10**8)  # h < 2^64?
+                    assert check_buy(allocc, values, weights, ranks, price, quantity) is not None
+                    holdings = [rng.randint(1, 4) for _ in range(n)]
+                    check_sell(allocc, values, weights, ranks, price, quantity, holdings)
+
+
 def test_sell_sweep_with_accounts_sold_out(allocc):
     """Everything held but one share per account: the sweep meets every breakpoint."""
     rng = random.Random(9)

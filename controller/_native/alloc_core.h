@@ -619,16 +619,16 @@ static inline __attribute__((always_inline)) int fa_fill(
         }
         level = hq + sum;
         if ((fa_i128)m * top <= level) { /* no one below zero: shares from the inputs */
-            fa_i128 d = h * (fa_i128)m;
-            fa_divisor dv = fa_divisor_of(d);
+            fa_i128 most = fa_floor_div(level, (fa_i128)m);
+            fa_divisor dv = fa_divisor_of(h);
             fa_buckets buckets;
-            fa_buckets_start(&buckets, m, d);
+            fa_buckets_start(&buckets, m, h);
             int64_t placed = 0;
             size_t j = 0;
             for (size_t i = 0; i < n; i++) {
                 if (!FA_MEMBER(i)) continue;
-                fa_i128 alpha = FA_ALPHA(i), rem;
-                int64_t whole = fa_divide(&dv, level - (fa_i128)m * alpha, &rem);
+                fa_i128 alpha = FA_ALPHA(i), rem; /* the share and remainder as in 4. */
+                int64_t whole = fa_divide(&dv, most - alpha, &rem);
                 if (sell && whole >= FA_CAP(i)) {
                     memset(shares, 0, n * sizeof *shares);
                     return 0;
@@ -641,7 +641,7 @@ static inline __attribute__((always_inline)) int fa_fill(
                 fa_buckets_add(&buckets, rem);
                 j++;
             }
-            fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares, &buckets);
+            fa_give_leftovers(sel, m, (size_t)(quantity - placed), h, shares, &buckets);
             return 1;
         }
         /* The level search's first pass, from the inputs: keep alpha <= level/m. */
@@ -699,14 +699,20 @@ static inline __attribute__((always_inline)) int fa_fill(
 
 shares:;
 
-    fa_i128 d = h * (fa_i128)m;
-    fa_divisor dv = fa_divisor_of(d);
+    /* The shares of 4. divide by h alone: with level = m*most + extra (0 <= extra < m) and
+       most - alpha_i = h*k + s (0 <= s < h; most >= alpha_i for every account kept),
+       N_i = level - m*alpha_i = h*m*k + (m*s + extra) where 0 <= m*s + extra < h*m = D.
+       So floor(N_i/D) = k, and the remainders m*s + extra are in the order of the s:
+       the leftovers go by s, to the same accounts. A divisor h is narrower than h*m (it
+       usually fits in 64 bits, where fa_divide needs no int128 division). */
+    fa_i128 most = fa_floor_div(level, (fa_i128)m);
+    fa_divisor dv = fa_divisor_of(h);
     fa_buckets buckets;
-    fa_buckets_start(&buckets, m, d);
+    fa_buckets_start(&buckets, m, h);
     int64_t placed = 0;
     for (size_t j = 0; j < m; j++) {
         fa_i128 rem;
-        int64_t whole = fa_divide(&dv, level - (fa_i128)m * cand[j].alpha, &rem);
+        int64_t whole = fa_divide(&dv, most - cand[j].alpha, &rem);
         if (sell && whole >= cand[j].held) {
             memset(shares, 0, n * sizeof *shares);
             return 0;
@@ -718,7 +724,7 @@ shares:;
         sel[j].index = cand[j].index;
         fa_buckets_add(&buckets, rem);
     }
-    fa_give_leftovers(sel, m, (size_t)(quantity - placed), d, shares, &buckets);
+    fa_give_leftovers(sel, m, (size_t)(quantity - placed), h, shares, &buckets);
     return 1;
 }
 
