@@ -341,7 +341,8 @@ def test_shares_divide_by_the_step_on_books_where_most_accounts_buy(allocc):
     """The shares divide most - alpha by h = W*b, not level - m*alpha by h*m: on books like
     the controller's (weights summing to 10**8, micro-dollar values up to 10**12, q from
     n/2 to 2n) h*m mostly passes 2^64 and h never does; with weights summing near 2^40 h
-    passes it too. Books near their targets (every account buys, no level pass), spread ones
+    passes it too (and the leftovers' buckets shift their remainders as int128, not in
+    64 bits). Books near their targets (every account buys, no level pass), spread ones
     (passes, a level below zero) and sells from both match the reference."""
     rng = random.Random(29)
     for n in (300, 1_000, 3_000):

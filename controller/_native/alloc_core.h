@@ -489,7 +489,10 @@ static inline void fa_buckets_start(fa_buckets *b, size_t count, fa_i128 d) {
     memset(b->counts, 0, sizeof b->counts);
 }
 
+/* A remainder's bucket: rem < 2^(shift + FA_BUCKET_BITS), so with that at most 64 (every
+   remainder of a divisor below 2^64, the usual step h) a 64-bit shift, not an int128 one. */
 static inline uint32_t fa_bucket(const fa_buckets *b, fa_i128 rem) {
+    if (b->shift <= 64 - FA_BUCKET_BITS) return (uint32_t)((uint64_t)rem >> b->shift);
     return (uint32_t)((fa_u128)rem >> b->shift);
 }
 
