@@ -364,6 +364,28 @@ def test_shares_divide_by_the_step_on_books_where_most_accounts_buy(allocc):
                     check_sell(allocc, values, weights, ranks, price, quantity, holdings)
 
 
+def test_first_buy_level_from_the_values_outside_the_split(allocc):
+    """Without the heap a buy starts from level -W*Z, Z the values of the accounts of weight
+    0 (no pass over the alphas): with such accounts worth much, nothing or below zero, and
+    books where the first pass keeps every member (no level pass) or drops some."""
+    rng = random.Random(31)
+    for n in (40, 300, 2_000):
+        ranks = list(range(n))
+        rng.shuffle(ranks)
+        for outside_value in (0, 10**12, -(10**12), 1):
+            weights = [0 if i % 7 == 3 else rng.randint(1, 10**4) for i in range(n)]
+            total = sum(weights)
+            for spread in (0, 10, 10**6):
+                values = [
+                    outside_value + rng.randint(-spread, spread)
+                    if w == 0
+                    else w * 10**9 // total + rng.randint(-spread, spread)
+                    for w in weights
+                ]
+                for quantity in (n // 8, n, 5 * n + 3):
+                    assert check_buy(allocc, values, weights, ranks, 997, quantity) is not None
+
+
 def test_sell_sweep_with_accounts_sold_out(allocc):
     """Everything held but one share per account: the sweep meets every breakpoint."""
     rng = random.Random(9)

@@ -596,8 +596,9 @@ static inline __attribute__((always_inline)) int fa_fill(
     const int64_t *holding, int64_t quantity, fa_i128 w, fa_i128 t, fa_i128 v, fa_i128 h,
     fa_i128 hq, int sell, int select, fa_cand *cand, fa_sel *sel, int64_t *shares) {
     int narrow = fa_fits_int64(w) && fa_fits_int64(t);
-    fa_i128 sum = 0, top = 0, level;
+    fa_i128 sum = 0, top = 0, level = 0;
     size_t m = 0;
+    int settled = 0; /* every account left has m*alpha <= level: no level pass */
 #define FA_MEMBER(i) (sell ? holding[i] != 0 : weight[i] != 0)
 #define FA_ALPHA(i) \
     (sell ? -fa_alpha(w, t, value[i], weight[i], narrow) \
@@ -611,6 +612,19 @@ static inline __attribute__((always_inline)) int fa_fill(
             sum += cand[j].alpha;
             if (cand[j].alpha > top) top = cand[j].alpha;
         }
+    } else if (!sell) {
+        /* A buy needs no pass for its first level: over every member (weight > 0, so the
+           weights of the members sum to W), S = W*A_members - W*T and h*q = W*B, so
+           h*q + S = W*(A_members - A) = -W*Z with Z the values of the accounts of weight
+           0 (|W*Z| <= W*n*R <= K). If the first pass below keeps every member, they all
+           have m*alpha <= level: the shares come straight from it (4.). */
+        fa_i128 outside = 0;
+        for (size_t i = 0; i < n; i++) {
+            int member = weight[i] != 0;
+            outside += (fa_i128)(value[i] & ((int64_t)member - 1));
+            m += (size_t)member;
+        }
+        level = -w * outside;
     } else {
         /* Every member: the sum and the top of the alphas first, nothing stored. */
         for (size_t i = 0; i < n; i++) {
@@ -647,6 +661,8 @@ static inline __attribute__((always_inline)) int fa_fill(
             fa_give_leftovers(sel, m, (size_t)(quantity - placed), h, shares, &buckets);
             return 1;
         }
+    }
+    if (!select) {
         /* The level search's first pass, from the inputs: keep alpha <= level/m. */
         fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0;
         size_t kept = 0;
@@ -661,6 +677,7 @@ static inline __attribute__((always_inline)) int fa_fill(
             cand[kept].index = (uint32_t)i;
             kept += (size_t)keep;
         }
+        settled = !sell && kept == m; /* then kept_sum is all of S: the level stays */
         m = kept;
         sum = kept_sum;
     }
@@ -669,9 +686,9 @@ static inline __attribute__((always_inline)) int fa_fill(
 #undef FA_CAP
 
     level = hq + sum; /* L = level / m */
-    if (select && (fa_i128)m * top <= level) goto shares; /* no one below zero */
+    if (select && (fa_i128)m * top <= level) settled = 1; /* no one below zero */
     /* Michelot's passes until one drops no one (the next would only repeat it). */
-    for (int pass = 0;; pass++) {
+    for (int pass = 0; !settled; pass++) {
         if (pass == FA_LEVEL_PASSES) { /* sort what is left; the reference's prefix scan */
             fa_sort_cands(cand, m);
             size_t active = 0;
@@ -699,8 +716,6 @@ static inline __attribute__((always_inline)) int fa_fill(
         sum = kept_sum;
         level = hq + sum;
     }
-
-shares:;
 
     /* The shares of 4. divide by h alone: with level = m*most + extra (0 <= extra < m) and
        most - alpha_i = h*k + s (0 <= s < h; most >= alpha_i for every account kept),
