@@ -701,17 +701,20 @@ static inline __attribute__((always_inline)) int fa_fill(
         }
         /* Keep the accounts with m*alpha <= level, i.e. alpha <= floor(level/m), without a
            branch on that test (it goes either way about as often as not); the least alpha
-           always stays. */
+           always stays. Nothing moves before the first account dropped, found by a scan
+           that only reads: the last pass, which drops no one, copies nothing. */
         fa_i128 most = fa_floor_div(level, (fa_i128)m), kept_sum = 0;
-        size_t kept = 0;
-        for (size_t j = 0; j < m; j++) {
+        size_t first = 0;
+        while (first < m && cand[first].alpha <= most) kept_sum += cand[first++].alpha;
+        if (first == m) break;
+        size_t kept = first;
+        for (size_t j = first; j < m; j++) {
             fa_i128 alpha = cand[j].alpha;
             int keep = fa_at_most(alpha, most);
             kept_sum += alpha & -(fa_i128)keep;
             cand[kept] = cand[j];
             kept += (size_t)keep;
         }
-        if (kept == m) break;
         m = kept;
         sum = kept_sum;
         level = hq + sum;
