@@ -11,6 +11,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 import zmq
 
 from common.protocol import DEFAULT_TICKERS, read_event
@@ -168,3 +169,15 @@ def start_controller(directory: Path, snapshot_interval: str = "0.2", *extra: st
         )
     )
     return running, inputs, publish
+
+
+def require_compiled(module: object, what: str) -> None:
+    """Skip the calling test module when the compiled `module` is not loaded, unless CI asks
+    for it (FILLALLOC_EXPECT_NATIVE=1) and it was not disabled on purpose (FILLALLOC_NATIVE=0):
+    then a missing module is a failure."""
+    if module is not None:
+        return
+    disabled = os.environ.get("FILLALLOC_NATIVE") == "0"
+    if os.environ.get("FILLALLOC_EXPECT_NATIVE") == "1" and not disabled:
+        pytest.fail(f"{what} is not built (FILLALLOC_EXPECT_NATIVE=1)")
+    pytest.skip(f"{what} is not built", allow_module_level=True)

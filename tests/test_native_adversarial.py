@@ -15,7 +15,6 @@ Skipped when the extension is not built, unless FILLALLOC_EXPECT_NATIVE=1 (CI)."
 from __future__ import annotations
 
 import math
-import os
 import random
 import struct
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 import zmq
-from helpers import FakeClock, collect, wait_for
+from helpers import FakeClock, collect, require_compiled, wait_for
 
 from common.protocol import (
     DEFAULT_TICKERS,
@@ -51,11 +50,7 @@ from controller.service import ControllerService
 from controller.snapshot import SnapshotWorker, build, build_snapshot
 from controller.syncer import Syncer
 
-if native.hotpath is None:
-    disabled = os.environ.get(native.ENV_SWITCH) == "0"
-    if os.environ.get("FILLALLOC_EXPECT_NATIVE") == "1" and not disabled:
-        pytest.fail("the compiled hot path is not built (FILLALLOC_EXPECT_NATIVE=1)")
-    pytest.skip("the compiled hot path is not built", allow_module_level=True)
+require_compiled(native.hotpath, "the compiled hot path")
 
 TICKERS = DEFAULT_TICKERS[:4]
 PAGE = 4096  # the journals here pre-allocate a page at a time: small files to compare

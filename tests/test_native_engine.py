@@ -8,13 +8,12 @@ missing extension fails."""
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from pathlib import Path
 
 import msgpack
-import pytest
+from helpers import require_compiled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +29,7 @@ from controller.book import BOOK, MARKET, Book
 from controller.engine import Engine
 from controller.journal import JournalHeader, JournalWriter
 
-if native.hotpath is None:
-    disabled = os.environ.get(native.ENV_SWITCH) == "0"
-    if os.environ.get("FILLALLOC_EXPECT_NATIVE") == "1" and not disabled:
-        pytest.fail("the compiled hot path is not built (FILLALLOC_EXPECT_NATIVE=1)")
-    pytest.skip("the compiled hot path is not built", allow_module_level=True)
+require_compiled(native.hotpath, "the compiled hot path")
 
 TICKERS = DEFAULT_TICKERS[:4]
 ASCII_NAMES = [f"acct-{i:03d}" for i in range(40)]

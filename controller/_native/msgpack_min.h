@@ -248,29 +248,22 @@ static void mp_put_double(mp_buf *b, double d)
     mp_put_be(b, 0xcb, raw, 8);
 }
 
-static void mp_put_map_header(mp_buf *b, size_t n)
+/* A map's or an array's header: the fix form up to 15 entries, then 16- and 32-bit counts. */
+static void mp_put_header(mp_buf *b, size_t n, unsigned char fix, unsigned char wide)
 {
     if (n <= 15) {
-        unsigned char c = (unsigned char)(0x80 | n);
+        unsigned char c = (unsigned char)(fix | n);
         mp_put(b, &c, 1);
     } else if (n <= 0xffff) {
-        mp_put_be(b, 0xde, n, 2);
+        mp_put_be(b, wide, n, 2);
     } else {
-        mp_put_be(b, 0xdf, n, 4);
+        mp_put_be(b, wide + 1, n, 4);
     }
 }
 
-static void mp_put_array_header(mp_buf *b, size_t n)
-{
-    if (n <= 15) {
-        unsigned char c = (unsigned char)(0x90 | n);
-        mp_put(b, &c, 1);
-    } else if (n <= 0xffff) {
-        mp_put_be(b, 0xdc, n, 2);
-    } else {
-        mp_put_be(b, 0xdd, n, 4);
-    }
-}
+static void mp_put_map_header(mp_buf *b, size_t n) { mp_put_header(b, n, 0x80, 0xde); }
+
+static void mp_put_array_header(mp_buf *b, size_t n) { mp_put_header(b, n, 0x90, 0xdc); }
 
 /* -- CRC-32 (zlib's), for journal record frames ---------------------------------------- */
 
