@@ -294,7 +294,9 @@ class ControllerService:
     def publish_outputs(self, outputs: list[Output]) -> None:
         """Send two-frame events: the backend's send() of bytes with an int flag (pyzmq's
         Socket.send wraps it in Python, 0.4 us a frame here; send_multipart more)."""
-        send, instance = BackendSocket.send.__get__(self.pub), self.instance
+        pub, instance = self.pub, self.instance
+        # (a stand-in socket, as the simulator's, has only its own send)
+        send = BackendSocket.send.__get__(pub) if isinstance(pub, BackendSocket) else pub.send
         for output in outputs:
             if type(output) is tuple:  # an event the compiled path encoded
                 topic, body = output
