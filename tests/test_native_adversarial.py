@@ -19,11 +19,11 @@ import random
 import struct
 import threading
 import weakref
-from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from engine_pair import PAGE, TICKERS, EnginePair
 from helpers import FakeClock, collect, require_compiled, wait_for
 
 from common.protocol import (
@@ -36,7 +36,6 @@ from common.protocol import (
     Fill,
     Invalid,
     build_split,
-    encode_output,
     fill_message,
     pack,
     price_units,
@@ -45,58 +44,14 @@ from common.protocol import (
 from controller import native
 from controller.book import Book
 from controller.engine import Engine
-from controller.journal import JournalFailed, JournalHeader, JournalWriter
+from controller.journal import JournalFailed, JournalWriter
 from controller.service import ControllerService
 from controller.snapshot import SnapshotWorker, build, build_snapshot
 from controller.syncer import Syncer
 
 require_compiled(native.hotpath, "the compiled hot path")
 
-TICKERS = DEFAULT_TICKERS[:4]
-PAGE = 4096  # the journals here pre-allocate a page at a time: small files to compare
 INT64_MAX = 2**63 - 1
-
-
-class Pair:
-    """The same inputs into a Python engine and a compiled one."""
-
-    def __init__(self, directory: Path, books: tuple[Book, Book] | None = None, **engine: Any):
-        header = JournalHeader.new("book")
-        self.paths = [directory / "python.jnl", directory / "compiled.jnl"]
-        made = books if books is not None else (Book(TICKERS), Book(TICKERS))
-        self.engines = [
-            Engine(
-                book,
-                JournalWriter(path, "interval", 3600.0, header=header, preallocate=PAGE),
-                compiled=compiled,
-                **engine,
-            )
-            for book, path, compiled in zip(made, self.paths, (False, True), strict=True)
-        ]
-        assert self.engines[1].fast is not None
-
-    def receive(self, raw: bytes, sender: str | None = None) -> None:
-        for engine in self.engines:
-            engine.receive(raw, sender)
-
-    def compare(self) -> None:
-        """The same frames, journal bytes, book (as a state), sequencer and counts."""
-        python, compiled = (
-            [encode_output(o, "instance") for o in engine.commit()] for engine in self.engines
-        )
-        assert compiled == python
-        reference, fast = self.engines
-        assert fast.book.to_state() == reference.book.to_state()
-        assert fast.sequencer.last_seq == reference.sequencer.last_seq
-        assert fast.delivery() == reference.delivery()
-        assert fast.refused == reference.refused
-        assert self.paths[1].read_bytes() == self.paths[0].read_bytes()
-
-    @property
-    def handled(self) -> int:
-        fast = self.engines[1].fast
-        assert fast is not None
-        return int(fast.counts()["handled"])
 
 
 def split_raw(seq: int, names: list[str], rng: random.Random) -> bytes:
@@ -233,7 +188,7 @@ def odd_fill(rng: random.Random, source: str, seq: int) -> bytes:
 @pytest.mark.parametrize("seed", range(12))
 def test_fills_in_every_encoding_agree(tmp_path, seed):
     rng = random.Random(seed)
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     names = [f"a{i}" for i in range(rng.randrange(1, 8))] + ["Zo\u00eb", "b" * 40]
     pair.receive(split_raw(1, names, rng))
     sources = ["d1", "d2", "x" * MAX_NAME_LENGTH, "n\x00l"]
@@ -323,7 +278,7 @@ def test_prices_at_rounding_boundaries_are_taken_exactly_as_validated():
 
 def test_seqs_at_the_int64_edge(tmp_path):
     for last in (MAX_SEQ - 2, MAX_SEQ - 1, MAX_SEQ):
-        pair = Pair(tmp_path / str(last))
+        pair = EnginePair(tmp_path / str(last))
         for engine in pair.engines:
             engine.sequencer.last_seq["d"] = last
         pair.receive(pack(split_message("aum", 1, {"a": 100.0})))
@@ -350,7 +305,7 @@ def test_book_numbers_at_the_int64_edge(tmp_path):
             state["positions"] = [{"AAPL": n} if n else {} for n in (held_a, held_b)]
             directory = tmp_path / f"{number}-{held_a}-{held_b}"
             directory.mkdir()
-            pair = Pair(directory, (Book.from_state(state), Book.from_state(state)))
+            pair = EnginePair(directory, (Book.from_state(state), Book.from_state(state)))
             fills = [
                 (0.00001, 1, None), (0.000001, 1, None), (1.0, 2, None), (0.000001, 3, "sell"),
                 (1e6, 1, "sell"), (0.000001, MAX_QUANTITY, None), (0.000001, 8, "sell"),
@@ -368,7 +323,7 @@ def test_splits_that_drop_accounts_sells_that_empty_them_and_reads_between(tmp_p
     nothing; duplicates and gaps interleaved; the book read (flushed) at random points,
     within a batch too, and a tool applying to it through the engine between fills."""
     rng = random.Random(seed)
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pool = [f"a{i}" for i in range(8)] + ["Zo\u00eb", "b" * 40, "c\x00d"]
     seqs = {"aum": 1, "d1": 0, "d2": 0}
     pair.receive(split_raw(1, rng.sample(pool, 3), rng))
@@ -416,7 +371,7 @@ def test_curve_refusals_agree(tmp_path):
         return None
 
     rng = random.Random(4)
-    pair = Pair(tmp_path, authorize=authorize)
+    pair = EnginePair(tmp_path, authorize=authorize)
     pair.receive(pack(split_message("aum", 1, {"a": 50.0, "b": 50.0})), "aum")
     seqs = {"d1": 0, "d2": 0}
     for count in range(300):
@@ -450,7 +405,7 @@ def test_engines_with_a_compiled_path_are_collected():
 
 # -- breaks found: each reproduces one, marked until it is fixed ---------------------------
 def test_snapshot_bytes_agree_when_fills_price_tickers_out_of_order(tmp_path):
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 60.0, "b": 40.0})))
     pair.receive(pack(fill_message("d", 1, "MSFT", 10.0, 5)))
     pair.receive(pack(fill_message("d", 2, "AAPL", 10.0, 5)))
@@ -460,7 +415,7 @@ def test_snapshot_bytes_agree_when_fills_price_tickers_out_of_order(tmp_path):
 
 
 def test_positions_keep_the_python_key_order_after_a_sell_out_and_rebuy(tmp_path):
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 100.0})))
     pair.receive(pack(fill_message("d", 1, "AAPL", 10.0, 5)))
     pair.receive(pack(fill_message("d", 2, "MSFT", 10.0, 5)))
@@ -473,7 +428,7 @@ def test_positions_keep_the_python_key_order_after_a_sell_out_and_rebuy(tmp_path
 
 
 def test_a_flush_never_overwrites_an_apply_it_did_not_see(tmp_path):
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 50.0, "b": 50.0})))
     held = [engine.book for engine in pair.engines]  # kept across fills: the hazard
     for seq in range(1, 4):

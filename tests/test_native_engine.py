@@ -10,69 +10,26 @@ from __future__ import annotations
 
 import random
 import struct
-from pathlib import Path
 
 import msgpack
+from engine_pair import TICKERS, EnginePair
 from helpers import require_compiled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.protocol import (
-    DEFAULT_TICKERS,
-    encode_output,
     fill_message,
     pack,
     split_message,
 )
 from controller import native
-from controller.book import BOOK, MARKET, Book
-from controller.engine import Engine
-from controller.journal import JournalHeader, JournalWriter
+from controller.book import MARKET
 
 require_compiled(native.hotpath, "the compiled hot path")
 
-TICKERS = DEFAULT_TICKERS[:4]
 ASCII_NAMES = [f"acct-{i:03d}" for i in range(40)]
 ODD_NAMES = ["Zoë", "账户-7", "a" * 31, "b" * 32, "c" * 100, "[bold]x[/]"]
 SOURCES = ["desk-1", "desk-2", "désk-3"]  # the last is not ASCII: always the Python path
-
-
-class Pair:
-    """The same inputs into a Python engine and a compiled one, compared after each batch."""
-
-    def __init__(self, directory: Path, valuation: str = BOOK) -> None:
-        header = JournalHeader.new(valuation)
-        self.paths = [directory / "python.jnl", directory / "compiled.jnl"]
-        self.engines = [
-            Engine(
-                Book(TICKERS, valuation=valuation),
-                JournalWriter(path, header=header),
-                compiled=compiled,
-            )
-            for path, compiled in zip(self.paths, (False, True), strict=True)
-        ]
-        assert self.engines[0].fast is None and self.engines[1].fast is not None
-
-    def receive(self, raw: bytes) -> None:
-        for engine in self.engines:
-            engine.receive(raw)
-
-    def commit_and_compare(self) -> None:
-        python, compiled = (
-            [encode_output(o, "instance") for o in engine.commit()] for engine in self.engines
-        )
-        assert compiled == python
-        reference, fast = self.engines
-        assert fast.book.to_state() == reference.book.to_state()
-        assert fast.sequencer.last_seq == reference.sequencer.last_seq
-        assert fast.delivery() == reference.delivery()
-        assert self.paths[1].read_bytes() == self.paths[0].read_bytes()
-
-    @property
-    def handled(self) -> int:
-        fast = self.engines[1].fast
-        assert fast is not None
-        return fast.counts()["handled"]
 
 
 def percents(rng: random.Random, names: list[str]) -> dict[str, float]:
@@ -145,7 +102,7 @@ def fill_raw(rng: random.Random, source: str, seq: int) -> bytes:
     return pack(body)
 
 
-def run_stream(pair: Pair, rng: random.Random, messages: int, names: list[str]) -> None:
+def run_stream(pair: EnginePair, rng: random.Random, messages: int, names: list[str]) -> None:
     seqs = dict.fromkeys([*SOURCES, "aum"], 0)
     delayed: list[bytes] = []
     for count in range(messages):
@@ -169,10 +126,10 @@ def run_stream(pair: Pair, rng: random.Random, messages: int, names: list[str]) 
         if rng.random() < 0.05:
             pair.receive(bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
         if rng.random() < 0.15:
-            pair.commit_and_compare()
+            pair.compare()
     for raw in delayed:
         pair.receive(raw)
-    pair.commit_and_compare()
+    pair.compare()
 
 
 @settings(
@@ -184,25 +141,25 @@ def run_stream(pair: Pair, rng: random.Random, messages: int, names: list[str]) 
 def test_random_streams_give_the_same_journal_events_and_book(tmp_path_factory, seed):
     rng = random.Random(seed)
     names = rng.sample(ASCII_NAMES, rng.randrange(1, 15)) + rng.sample(ODD_NAMES, 2)
-    pair = Pair(tmp_path_factory.mktemp("pair"))
+    pair = EnginePair(tmp_path_factory.mktemp("pair"))
     run_stream(pair, rng, 400, names)
 
 
 def test_the_compiled_path_takes_the_common_case(tmp_path):
     """Not a vacuous comparison: plain fills really go through the compiled path."""
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 60.0, "b": 40.0})))
     for seq in range(1, 201):
         side = "sell" if seq % 3 == 0 else None
         pair.receive(pack(fill_message("desk-1", seq, "AAPL", 10.25, 7, side)))
-    pair.commit_and_compare()
+    pair.compare()
     assert pair.handled == 200
 
 
 def test_a_large_book_with_many_recipients(tmp_path):
     rng = random.Random(7)
     names = [f"acct-{i:05d}" for i in range(3_000)]
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, percents(rng, names))))
     for seq in range(1, 301):
         quantity = rng.choice([1, 100, 2_500, 40_000])
@@ -210,23 +167,23 @@ def test_a_large_book_with_many_recipients(tmp_path):
         price = rng.randrange(100, 90_000) / 100
         pair.receive(pack(fill_message("desk-1", seq, rng.choice(TICKERS), price, quantity, side)))
         if seq % 50 == 0:
-            pair.commit_and_compare()
+            pair.compare()
     assert pair.handled > 250
 
 
 def test_market_valuation_stays_on_the_python_path(tmp_path):
     rng = random.Random(3)
-    pair = Pair(tmp_path, valuation=MARKET)
+    pair = EnginePair(tmp_path, valuation=MARKET)
     run_stream(pair, rng, 200, ASCII_NAMES[:6])
     assert pair.handled == 0
 
 
 def test_values_beyond_int64_fall_back_and_still_agree(tmp_path):
-    pair = Pair(tmp_path)
+    pair = EnginePair(tmp_path)
     pair.receive(pack(split_message("aum", 1, {"a": 50.0, "b": 50.0})))
     pair.receive(pack(fill_message("desk-1", 1, "AAPL", 999_999.0, 10**10)))  # ~1e22 units
     for seq in range(2, 40):
         side = "sell" if seq % 2 else None
         pair.receive(pack(fill_message("desk-1", seq, "MSFT", 12.5, 3, side)))
-    pair.commit_and_compare()
+    pair.compare()
     assert pair.handled == 0
