@@ -37,6 +37,18 @@ static inline uint64_t mp_be(const unsigned char *p, int bytes)
     return v;
 }
 
+/* The next `len` bytes as a string value; 0 if the message ends first. */
+static int mp_take_str(mp_reader *r, size_t len, mp_value *out)
+{
+    if ((size_t)(r->end - r->at) < len)
+        return 0;
+    out->kind = MP_STR;
+    out->s = (const char *)r->at;
+    out->len = len;
+    r->at += len;
+    return 1;
+}
+
 /* Read one scalar (int, float, str); 0 for anything else or a truncated message. */
 static int mp_read_value(mp_reader *r, mp_value *out)
 {
@@ -56,16 +68,8 @@ static int mp_read_value(mp_reader *r, mp_value *out)
         out->i = (int8_t)b;
         return 1;
     }
-    if (b >= 0xa0 && b <= 0xbf) {
-        size_t len = b & 0x1f;
-        if (avail < len)
-            return 0;
-        out->kind = MP_STR;
-        out->s = (const char *)r->at;
-        out->len = len;
-        r->at += len;
-        return 1;
-    }
+    if (b >= 0xa0 && b <= 0xbf)
+        return mp_take_str(r, b & 0x1f, out);
     switch (b) {
     case 0xcc: case 0xcd: case 0xce: case 0xcf:
         width = 1 << (b - 0xcc);
@@ -119,13 +123,7 @@ static int mp_read_value(mp_reader *r, mp_value *out)
             return 0;
         size_t len = (size_t)mp_be(r->at, width);
         r->at += width;
-        if ((size_t)(r->end - r->at) < len)
-            return 0;
-        out->kind = MP_STR;
-        out->s = (const char *)r->at;
-        out->len = len;
-        r->at += len;
-        return 1;
+        return mp_take_str(r, len, out);
     }
     default:
         return 0;  /* nil, bool, bin, ext, array, map: not on the fast path */
